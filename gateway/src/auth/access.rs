@@ -1,0 +1,199 @@
+//! The access lists in force and the decisions made with them.
+//!
+//! Inbound: a peer may connect when it is in the global list, in any service's list, or is a
+//! configured relay; otherwise the connection is closed at the handshake, before any stream.
+//! Per stream: a service that names its own file is reached only by peers in that file;
+//! other services by peers in the global list. Outbound: we dial only peers we chose (a name we
+//! resolved, a configured relay) or peers already connected and allowed.
+
+use std::collections::{HashMap, HashSet};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+
+use libp2p::PeerId;
+use time::OffsetDateTime;
+
+use super::keys::{AuthorizedKeys, Entry};
+use crate::config::{Config, ServiceName};
+use crate::files::{self, FileError, Home};
+
+/// One allow list: peers and when their access ends.
+#[derive(Debug, Clone, Default)]
+pub struct KeySet {
+    peers: HashMap<PeerId, Entry>,
+}
+
+impl KeySet {
+    fn from_keys(keys: &AuthorizedKeys) -> Self {
+        KeySet { peers: keys.entries().map(|e| (e.peer, e.clone())).collect() }
+    }
+
+    pub fn allows(&self, peer: &PeerId, now: OffsetDateTime) -> bool {
+        self.peers.get(peer).is_some_and(|entry| entry.allows_at(now))
+    }
+
+    pub fn len(&self) -> usize {
+        self.peers.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.peers.is_empty()
+    }
+}
+
+/// Why the lists could not be loaded.
+#[derive(Debug, thiserror::Error)]
+pub enum AccessError {
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Keys(#[from] super::keys::KeysError),
+}
+
+/// Every list the node enforces, loaded together.
+#[derive(Debug, Clone, Default)]
+pub struct AccessLists {
+    pub global: KeySet,
+    /// Services that name their own file; others use `global`.
+    pub services: HashMap<ServiceName, KeySet>,
+    pub relays: HashSet<PeerId>,
+}
+
+impl AccessLists {
+    /// Load the global list and every service's own list named in `config`.
+    pub fn load(home: &Home, config: &Config) -> Result<Self, AccessError> {
+        let global_path = home.join(&config.authorized_keys);
+        let global = match load_keys(&global_path) {
+            Ok(keys) => KeySet::from_keys(&keys),
+            Err(AccessError::File(FileError::Io { source, .. }))
+                if source.kind() == std::io::ErrorKind::NotFound =>
+            {
+                tracing::warn!(path = %global_path.display(), "no global authorized_keys: nobody may connect unless a service lists them");
+                KeySet::default()
+            }
+            Err(e) => return Err(e),
+        };
+        let mut services = HashMap::new();
+        for (name, service) in &config.services {
+            if let Some(file) = &service.authorized_keys {
+                let keys = load_keys(&home.join(file))?;
+                services.insert(name.clone(), KeySet::from_keys(&keys));
+            }
+        }
+        Ok(AccessLists { global, services, relays: HashSet::new() })
+    }
+}
+
+/// Read and parse an authorized_keys file, refusing one that group or others can write.
+pub fn load_keys(path: &Path) -> Result<AuthorizedKeys, AccessError> {
+    files::check_not_writable(path)?;
+    let text = files::read_text(path)?;
+    Ok(AuthorizedKeys::parse(&text, path)?)
+}
+
+/// The decisions, shared by the gate, the service host and the connector.
+#[derive(Debug)]
+pub struct Access {
+    lists: RwLock<Arc<AccessLists>>,
+    chosen: Mutex<HashSet<PeerId>>,
+}
+
+impl Access {
+    pub fn new(lists: AccessLists) -> Self {
+        Access { lists: RwLock::new(Arc::new(lists)), chosen: Mutex::new(HashSet::new()) }
+    }
+
+    fn lists(&self) -> Arc<AccessLists> {
+        self.lists.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// The handshake gate: is this peer in any list?
+    pub fn may_connect(&self, peer: &PeerId) -> bool {
+        let lists = self.lists();
+        let now = OffsetDateTime::now_utc();
+        lists.relays.contains(peer)
+            || lists.global.allows(peer, now)
+            || lists.services.values().any(|set| set.allows(peer, now))
+    }
+
+    /// The per-stream check: may this peer open `service`?
+    pub fn may_use(&self, service: &ServiceName, peer: &PeerId) -> bool {
+        let lists = self.lists();
+        let now = OffsetDateTime::now_utc();
+        match lists.services.get(service) {
+            Some(own) => own.allows(peer, now),
+            None => lists.global.allows(peer, now),
+        }
+    }
+
+    /// Record that we resolved a name to this peer, so dialing it is our choice.
+    pub fn choose(&self, peer: PeerId) {
+        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).insert(peer);
+    }
+
+    /// May we dial this peer? `connected` says whether a connection to it already exists.
+    pub fn may_dial(&self, peer: &PeerId, connected: bool) -> bool {
+        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).contains(peer)
+            || self.lists().relays.contains(peer)
+            || (connected && self.may_connect(peer))
+    }
+}
+
+/// The paths of every authorized_keys file a config references, for `config check`.
+pub fn referenced_key_files(home: &Home, config: &Config) -> Vec<(String, PathBuf)> {
+    let mut files = vec![("authorized_keys".to_owned(), home.join(&config.authorized_keys))];
+    for (name, service) in &config.services {
+        if let Some(file) = &service.authorized_keys {
+            files.push((format!("services.{name}.authorized_keys"), home.join(file)));
+        }
+    }
+    files
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::path::Path;
+
+    fn set(text: &str) -> KeySet {
+        KeySet::from_keys(&AuthorizedKeys::parse(text, Path::new("k")).unwrap())
+    }
+
+    #[test]
+    fn a_service_with_its_own_file_ignores_the_global_list() {
+        let (web_only, everyone) = (PeerId::random(), PeerId::random());
+        let web: ServiceName = "web".parse().unwrap();
+        let ssh: ServiceName = "ssh".parse().unwrap();
+        let lists = AccessLists {
+            global: set(&format!("{everyone}\n")),
+            services: HashMap::from([(web.clone(), set(&format!("{web_only}\n")))]),
+            relays: HashSet::new(),
+        };
+        let access = Access::new(lists);
+        assert!(access.may_connect(&web_only) && access.may_connect(&everyone));
+        assert!(access.may_use(&web, &web_only) && !access.may_use(&web, &everyone));
+        assert!(access.may_use(&ssh, &everyone) && !access.may_use(&ssh, &web_only));
+        assert!(!access.may_connect(&PeerId::random()));
+    }
+
+    #[test]
+    fn expired_entries_allow_nothing() {
+        let peer = PeerId::random();
+        let access = Access::new(AccessLists {
+            global: set(&format!("{peer} expires=2001-01-01\n")),
+            ..AccessLists::default()
+        });
+        assert!(!access.may_connect(&peer));
+    }
+
+    #[test]
+    fn we_dial_only_peers_we_chose_or_allowed_connected_ones() {
+        let (chosen, allowed, stranger) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let access =
+            Access::new(AccessLists { global: set(&format!("{allowed}\n")), ..Default::default() });
+        access.choose(chosen);
+        assert!(access.may_dial(&chosen, false));
+        assert!(!access.may_dial(&allowed, false) && access.may_dial(&allowed, true));
+        assert!(!access.may_dial(&stranger, true));
+    }
+}

@@ -1,0 +1,224 @@
+//! The commands that manage a home: init, id, auth, config check, resolve.
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+
+use clap::Subcommand;
+use libp2p::PeerId;
+use peerup_resolver::{Name, Resolve, Tiers, parse_peer, peer_label};
+
+use super::Failure;
+use crate::auth::access::{AccessLists, load_keys, referenced_key_files};
+use crate::auth::{AuthorizedKeys, Entry, Expiry};
+use crate::config::{Config, DEFAULT_CONFIG, ServiceName, suffix};
+use crate::daemon::load_names;
+use crate::files::{self, Home};
+use crate::identity;
+
+const AUTHORIZED_KEYS_HEADER: &str = "\
+# Peers allowed to connect: one per line, `<peer-id> [expires=YYYY-MM-DD] [# comment]`.
+# Edit with `peerup auth add|remove PEER`; see `peerup auth --help`.
+";
+
+#[derive(Debug, Subcommand)]
+pub(super) enum AuthCommand {
+    /// Allow PEER (base58 or base36 peer ID); updates its options if present
+    Add {
+        peer: String,
+        /// Edit this service's own list instead of the global one
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+        /// A comment kept on the line
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+        /// Access ends at the end of this day (UTC), or at an RFC 3339 time
+        #[arg(long, value_name = "DATE")]
+        expires: Option<String>,
+    },
+    /// Remove PEER
+    Remove {
+        peer: String,
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+    },
+    /// List the peers in a list
+    List {
+        #[arg(long, value_name = "NAME")]
+        service: Option<String>,
+    },
+}
+
+pub(super) fn init(home: &Home) -> Result<(), Failure> {
+    let fail = |e: &dyn std::fmt::Display| Failure::new(1, e.to_string());
+    files::create_private_dir(home.dir()).map_err(|e| fail(&e))?;
+    home.check().map_err(Failure::usage)?;
+    let key_path = home.identity();
+    let mut out = std::io::stdout().lock();
+    let peer = if key_path.exists() {
+        let key = identity::load(&key_path).map_err(Failure::usage)?;
+        let _ = writeln!(out, "kept     {} (exists)", key_path.display());
+        key.public().to_peer_id()
+    } else {
+        let key = identity::generate(&key_path).map_err(|e| fail(&e))?;
+        let _ = writeln!(out, "created  {}", key_path.display());
+        key.public().to_peer_id()
+    };
+    let defaults: [(PathBuf, &str); 2] = [
+        (home.config(), DEFAULT_CONFIG),
+        (home.join(Path::new(files::AUTHORIZED_KEYS_FILE)), AUTHORIZED_KEYS_HEADER),
+    ];
+    for (path, contents) in defaults {
+        if path.exists() {
+            let _ = writeln!(out, "kept     {} (exists)", path.display());
+        } else {
+            files::create_new(&path, contents.as_bytes(), 0o600).map_err(|e| fail(&e))?;
+            let _ = writeln!(out, "created  {}", path.display());
+        }
+    }
+    let _ = writeln!(out, "peer id  {peer}\nlabel    {}", peer_label(&peer));
+    Ok(())
+}
+
+pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
+    let key = identity::load(&home.identity())
+        .map_err(|e| Failure::usage(format!("{e}\nhint: create an identity with `peerup init`")))?;
+    let peer = key.public().to_peer_id();
+    let mut out = std::io::stdout().lock();
+    let _ = if json {
+        let value =
+            serde_json::json!({ "peer_id": peer.to_base58(), "dns_label": peer_label(&peer) });
+        writeln!(out, "{value}")
+    } else {
+        writeln!(out, "{peer}\n{}", peer_label(&peer))
+    };
+    Ok(())
+}
+
+/// Which file an auth command edits, and a note when the config should name it.
+fn keys_file(home: &Home, service: Option<&str>) -> Result<(PathBuf, Option<String>), Failure> {
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    let Some(service) = service else {
+        return Ok((home.join(&config.authorized_keys), None));
+    };
+    let name: ServiceName = service.parse().map_err(Failure::usage)?;
+    let Some(entry) = config.services.get(&name) else {
+        return Err(Failure::usage(format!("no service {name:?} in {}", home.config().display())));
+    };
+    match &entry.authorized_keys {
+        Some(file) => Ok((home.join(file), None)),
+        None => {
+            let file = format!("{name}_authorized_keys");
+            let note = format!(
+                "note: service {name} names no list of its own, so the global list decides; to use \
+                 {file}, add `authorized_keys: {file}` under services.{name} in config.yaml and restart"
+            );
+            Ok((home.join(Path::new(&file)), Some(note)))
+        }
+    }
+}
+
+fn read_keys(path: &Path) -> Result<AuthorizedKeys, Failure> {
+    if !path.exists() {
+        return AuthorizedKeys::parse(AUTHORIZED_KEYS_HEADER, path).map_err(Failure::usage);
+    }
+    load_keys(path).map_err(Failure::usage)
+}
+
+fn peer_arg(text: &str) -> Result<PeerId, Failure> {
+    parse_peer(text).map_err(|e| Failure::usage(format!("{text:?}: {e}")))
+}
+
+pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
+    let write = |path: &Path, keys: &AuthorizedKeys| {
+        files::write_atomic(path, keys.render().as_bytes(), 0o600)
+            .map_err(|e| Failure::new(1, e.to_string()))
+    };
+    let mut out = std::io::stdout().lock();
+    match command {
+        AuthCommand::Add { peer, service, comment, expires } => {
+            let peer = peer_arg(&peer)?;
+            let expires =
+                expires.map(|e| e.parse::<Expiry>()).transpose().map_err(Failure::usage)?;
+            let (path, note) = keys_file(home, service.as_deref())?;
+            let mut keys = read_keys(&path)?;
+            let new = keys.upsert(Entry { peer, expires, comment });
+            write(&path, &keys)?;
+            let verb = if new { "added" } else { "updated" };
+            let _ = writeln!(out, "{verb} {peer} in {}", path.display());
+            if let Some(note) = note {
+                eprintln!("{note}");
+            }
+        }
+        AuthCommand::Remove { peer, service } => {
+            let peer = peer_arg(&peer)?;
+            let (path, _) = keys_file(home, service.as_deref())?;
+            let mut keys = read_keys(&path)?;
+            if !keys.remove(&peer) {
+                return Err(Failure::usage(format!("{peer} is not in {}", path.display())));
+            }
+            write(&path, &keys)?;
+            let _ = writeln!(out, "removed {peer} from {}", path.display());
+        }
+        AuthCommand::List { service } => {
+            let (path, _) = keys_file(home, service.as_deref())?;
+            let now = time::OffsetDateTime::now_utc();
+            for entry in read_keys(&path)?.entries() {
+                let mut line = entry.peer.to_base58();
+                if let Some(expiry) = entry.expires {
+                    let state = if entry.allows_at(now) { "" } else { " (expired)" };
+                    line.push_str(&format!("  expires={expiry}{state}"));
+                }
+                if let Some(comment) = &entry.comment {
+                    line.push_str(&format!("  # {comment}"));
+                }
+                let _ = writeln!(out, "{line}");
+            }
+        }
+    }
+    Ok(())
+}
+
+pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
+    home.check().map_err(Failure::usage)?;
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    identity::load(&home.identity()).map_err(Failure::usage)?;
+    for (_, path) in referenced_key_files(home, &config) {
+        if path.exists() || config.authorized_keys != path {
+            load_keys(&path).map_err(Failure::usage)?;
+        }
+    }
+    let lists = AccessLists::load(home, &config).map_err(Failure::usage)?;
+    let names = load_names(home, &config).map_err(Failure::usage)?;
+    let _ = writeln!(
+        std::io::stdout(),
+        "{}: ok ({} services, {} local names, {} peers in the global list)",
+        home.config().display(),
+        config.services.len(),
+        names.len(),
+        lists.global.len()
+    );
+    Ok(())
+}
+
+pub(super) async fn resolve(home: &Home, text: &str) -> Result<(), Failure> {
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    let names = load_names(home, &config).map_err(Failure::usage)?;
+    let suffix = suffix();
+    let full = if Name::parse(text, &suffix).ok().flatten().is_some() {
+        text.to_owned()
+    } else {
+        format!("{}.{suffix}", text.trim_end_matches('.'))
+    };
+    let name = match Name::parse(&full, &suffix) {
+        Ok(Some(name)) => name,
+        Ok(None) | Err(_) => return Err(Failure::new(3, format!("no such name: {text}"))),
+    };
+    let tiers = Tiers::new(vec![std::sync::Arc::new(names) as std::sync::Arc<dyn Resolve>]);
+    let answer = tiers.resolve(&name).await.map_err(|e| Failure::new(3, e.to_string()))?;
+    let mut out = std::io::stdout().lock();
+    let _ = writeln!(out, "{}\ttier={}\tttl={}s", answer.peer, answer.tier, answer.ttl.as_secs());
+    for addr in &answer.addrs {
+        let _ = writeln!(out, "  {addr}");
+    }
+    Ok(())
+}

@@ -1,0 +1,67 @@
+//! `peerup connect HOST:PORT`: stdin/stdout to a service, through the running daemon.
+//!
+//! Made for ssh's ProxyCommand. The daemon's SOCKS address comes from `<home>/state.json`; the
+//! SOCKS reply becomes the exit code, and one stderr line says what went wrong (ssh shows it).
+
+use peerup_proxy::bridge;
+use peerup_proxy::client::connect_via;
+use peerup_resolver::{Name, Resolve, ResolveError, Tiers};
+
+use super::{Failure, exit_code};
+use crate::config::{Config, suffix};
+use crate::daemon::{State, load_names};
+use crate::files::Home;
+
+pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
+    let (host, port) = split_target(target)?;
+    check_local_name(home, host).await?;
+    let state = read_state(home)?;
+    let mut socket = connect_via(state.socks, host, port)
+        .await
+        .map_err(|e| Failure::new(exit_code(e.kind), e.message))?;
+    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
+    bridge(&mut stdio, &mut socket).await.map_err(|e| Failure::new(1, format!("{target}: {e}")))?;
+    Ok(())
+}
+
+fn split_target(target: &str) -> Result<(&str, u16), Failure> {
+    let usage =
+        || Failure::usage(format!("{target:?}: expected HOST:PORT (e.g. home.alice.p2p:22)"));
+    let (host, port) = target.rsplit_once(':').ok_or_else(usage)?;
+    let port = port.parse::<u16>().map_err(|_| usage())?;
+    if host.is_empty() || port == 0 {
+        return Err(usage());
+    }
+    Ok((host, port))
+}
+
+/// Answer "no such name" (exit 3) here: through SOCKS it looks like any unreachable host.
+async fn check_local_name(home: &Home, host: &str) -> Result<(), Failure> {
+    let name = match Name::parse(host, &suffix()) {
+        Ok(Some(name)) => name,
+        Ok(None) => return Ok(()),
+        Err(e) => return Err(Failure::new(3, e.to_string())),
+    };
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    let names = load_names(home, &config).map_err(Failure::usage)?;
+    let tiers = Tiers::new(vec![std::sync::Arc::new(names) as std::sync::Arc<dyn Resolve>]);
+    match tiers.resolve(&name).await {
+        Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(3, e.to_string())),
+        _ => Ok(()),
+    }
+}
+
+fn read_state(home: &Home) -> Result<State, Failure> {
+    let path = home.state();
+    let not_running = || {
+        Failure::new(
+            5,
+            format!(
+                "no daemon is running for {} (start it with `peerup run`)",
+                home.dir().display()
+            ),
+        )
+    };
+    let text = std::fs::read_to_string(&path).map_err(|_| not_running())?;
+    serde_json::from_str(&text).map_err(|_| not_running())
+}

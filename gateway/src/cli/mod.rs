@@ -1,0 +1,171 @@
+//! The command line: parsing, dispatch, logging set-up, and exit codes.
+//!
+//! Exit codes (one place, [`exit_code`]): 0 success; 2 bad usage or config; 3 no such name;
+//! 4 not authorized; 5 peer unreachable or timed out; 6 refused (no such service, or the
+//! service's local address refused); 1 anything else. Every failure prints one line on stderr
+//! saying what went wrong and what to do.
+
+mod admin;
+mod connect;
+
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use peerup_proxy::FailureKind;
+
+use crate::files::Home;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "peerup",
+    version,
+    about = "Reach your own machines by name from any app, without root",
+    long_about = "Reach your own machines by name from any app, without root.\n\n\
+        `peerup run` serves a SOCKS5 proxy on 127.0.0.1:1080 that tunnels connections to \
+        HOST.NETWORK.p2p names over authenticated libp2p streams, and offers this machine's \
+        services to the peers its authorized_keys files allow.",
+    after_help = "Start: peerup init && peerup run, then\n  \
+        curl --socks5-hostname 127.0.0.1:1080 http://home.alice.p2p/"
+)]
+pub struct Cli {
+    /// The node's home directory [default: ~/.config/peerup]
+    #[arg(long, env = "PEERUP_HOME", value_name = "DIR", global = true)]
+    home: Option<PathBuf>,
+    /// More logging (-v debug, -vv trace)
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "quiet")]
+    verbose: u8,
+    /// Only warnings and errors
+    #[arg(short, long, global = true)]
+    quiet: bool,
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create identity.key (0600), config.yaml and authorized_keys; never overwrites
+    Init,
+    /// Print this node's peer ID (base58) and its DNS label (base36)
+    Id {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
+    /// Run the gateway: SOCKS5 proxy, services, libp2p node
+    Run,
+    /// Edit or list authorized_keys files
+    Auth {
+        #[command(subcommand)]
+        action: admin::AuthCommand,
+    },
+    /// Resolve NAME through the tiers; print peer ID, tier, TTL
+    Resolve {
+        /// HOST.NETWORK.p2p, HOST.NETWORK, or a peer label
+        name: String,
+    },
+    /// Bridge stdin/stdout to HOST:PORT through the running daemon (ssh ProxyCommand)
+    Connect {
+        /// e.g. home.alice.p2p:22
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
+    /// Validate the config
+    Config {
+        #[command(subcommand)]
+        action: ConfigCommand,
+    },
+    /// Print shell completions
+    Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum ConfigCommand {
+    /// Validate config.yaml and every file it references
+    Check,
+}
+
+/// A failed command: its exit code and the line to print.
+#[derive(Debug)]
+pub struct Failure {
+    pub code: u8,
+    pub message: String,
+}
+
+impl Failure {
+    pub fn new(code: u8, message: impl Into<String>) -> Self {
+        Failure { code, message: message.into() }
+    }
+
+    /// Bad usage or config.
+    pub fn usage(message: impl std::fmt::Display) -> Self {
+        Failure::new(2, message.to_string())
+    }
+}
+
+/// The exit code for a connect failure.
+pub fn exit_code(kind: FailureKind) -> u8 {
+    match kind {
+        FailureKind::NoSuchName => 3,
+        FailureKind::NotAllowed => 4,
+        FailureKind::Unreachable | FailureKind::TimedOut | FailureKind::Busy => 5,
+        FailureKind::NoSuchService | FailureKind::Refused => 6,
+        FailureKind::CommandNotSupported | FailureKind::General => 1,
+    }
+}
+
+pub fn main() -> ExitCode {
+    let cli = Cli::parse();
+    init_logging(cli.verbose, cli.quiet);
+    let home = Home::new(cli.home);
+    let result = match cli.command {
+        Command::Init => admin::init(&home),
+        Command::Id { json } => admin::id(&home, json),
+        Command::Run => runtime()
+            .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(|e| Failure::usage(e))),
+        Command::Auth { action } => admin::auth(&home, action),
+        Command::Resolve { name } => {
+            runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name)))
+        }
+        Command::Connect { target } => {
+            runtime().and_then(|rt| rt.block_on(connect::run(&home, &target)))
+        }
+        Command::Config { action: ConfigCommand::Check } => admin::config_check(&home),
+        Command::Completions { shell } => {
+            let mut command = <Cli as clap::CommandFactory>::command();
+            clap_complete::generate(shell, &mut command, "peerup", &mut std::io::stdout());
+            Ok(())
+        }
+    };
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(failure) => {
+            eprintln!("peerup: {}", failure.message);
+            ExitCode::from(failure.code)
+        }
+    }
+}
+
+fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))
+}
+
+fn init_logging(verbose: u8, quiet: bool) {
+    use tracing_subscriber::EnvFilter;
+    let ours = match (quiet, verbose) {
+        (true, _) => "warn",
+        (false, 0) => "info",
+        (false, 1) => "debug",
+        (false, _) => "trace",
+    };
+    // libp2p is chatty at info; our own crates follow -v/-q. RUST_LOG overrides both.
+    let default = format!(
+        "warn,peerup={ours},peerup_gateway={ours},peerup_proxy={ours},peerup_resolver={ours}"
+    );
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    let _ =
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+}

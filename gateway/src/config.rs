@@ -1,0 +1,517 @@
+//! `config.yaml`: parsed once into typed values, with errors that point at the mistake.
+//!
+//! Unknown keys are errors. Values are typed newtypes that validate while deserialising, so a
+//! syntax or type error names the file, line and column; cross-field errors (checked after)
+//! name the key path. Every key is documented in `configs/reference.yaml`.
+
+use std::collections::BTreeMap;
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+use std::time::Duration;
+
+use libp2p::Multiaddr;
+use peerup_resolver::{Label, NameEntry};
+use serde::Deserialize;
+use serde::de::{self, Deserializer};
+
+/// The config `peerup init` writes, and the defaults it documents.
+pub const DEFAULT_CONFIG: &str = include_str!("../../configs/peerup.yaml");
+
+/// The name suffix under which names are ours.
+pub fn suffix() -> Label {
+    "p2p".parse().expect("p2p is a valid label")
+}
+
+/// Where a config is wrong.
+#[derive(Debug, thiserror::Error)]
+pub enum ConfigError {
+    #[error("{path}:{line}:{column}: {message}", path = path.display())]
+    Syntax { path: PathBuf, line: usize, column: usize, message: String },
+    #[error("{path}: {key}: {message}", path = path.display())]
+    Invalid { path: PathBuf, key: String, message: String },
+    #[error(transparent)]
+    File(#[from] crate::files::FileError),
+}
+
+impl ConfigError {
+    fn invalid(path: &Path, key: impl Into<String>, message: impl Into<String>) -> Self {
+        ConfigError::Invalid { path: path.to_owned(), key: key.into(), message: message.into() }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Config {
+    /// libp2p listen addresses (TCP and QUIC, IPv4 and IPv6).
+    #[serde(default = "default_listen")]
+    pub listen: Vec<Addr>,
+    #[serde(default)]
+    pub socks: Socks,
+    /// The global allow list, relative to the home.
+    #[serde(default = "default_authorized_keys")]
+    pub authorized_keys: PathBuf,
+    #[serde(default)]
+    pub services: BTreeMap<ServiceName, Service>,
+    /// Local names, `HOST.NETWORK: peer-id-or-multiaddr`.
+    #[serde(default)]
+    pub names: BTreeMap<NameKey, NameValue>,
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Socks {
+    #[serde(default = "default_socks_listen")]
+    pub listen: SocketAddr,
+    /// Connect non-`.p2p` targets directly.
+    #[serde(default = "yes")]
+    pub direct: bool,
+    #[serde(default = "default_handshake_timeout")]
+    pub handshake_timeout: Dur,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Service {
+    pub local_address: HostPort,
+    /// The port peers ask for; defaults to the port of `local_address`.
+    pub port: Option<u16>,
+    /// When set, this file alone decides who reaches the service.
+    pub authorized_keys: Option<PathBuf>,
+}
+
+impl Service {
+    pub fn port(&self) -> u16 {
+        self.port.unwrap_or(self.local_address.port)
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Tunnel streams served at once for one peer.
+    #[serde(default = "default_streams_per_peer")]
+    pub streams_per_peer: usize,
+    /// Tunnel streams served at once in total.
+    #[serde(default = "default_streams_total")]
+    pub streams_total: usize,
+    /// Time to reach a peer and hear its answer, and to reach a service's local address.
+    #[serde(default = "default_connect_timeout")]
+    pub connect_timeout: Dur,
+    /// How long open tunnels may take to finish after SIGINT/SIGTERM.
+    #[serde(default = "default_shutdown_grace")]
+    pub shutdown_grace: Dur,
+}
+
+fn default_listen() -> Vec<Addr> {
+    [
+        "/ip4/0.0.0.0/tcp/4101",
+        "/ip4/0.0.0.0/udp/4101/quic-v1",
+        "/ip6/::/tcp/4101",
+        "/ip6/::/udp/4101/quic-v1",
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+fn default_socks_listen() -> SocketAddr {
+    SocketAddr::from(([127, 0, 0, 1], 1080))
+}
+fn default_authorized_keys() -> PathBuf {
+    PathBuf::from(crate::files::AUTHORIZED_KEYS_FILE)
+}
+fn default_handshake_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_shutdown_grace() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_streams_per_peer() -> usize {
+    256
+}
+fn default_streams_total() -> usize {
+    4096
+}
+fn yes() -> bool {
+    true
+}
+
+impl Default for Socks {
+    fn default() -> Self {
+        Socks {
+            listen: default_socks_listen(),
+            direct: true,
+            handshake_timeout: default_handshake_timeout(),
+        }
+    }
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            streams_per_peer: default_streams_per_peer(),
+            streams_total: default_streams_total(),
+            connect_timeout: default_connect_timeout(),
+            shutdown_grace: default_shutdown_grace(),
+        }
+    }
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        Config {
+            listen: default_listen(),
+            socks: Socks::default(),
+            authorized_keys: default_authorized_keys(),
+            services: BTreeMap::new(),
+            names: BTreeMap::new(),
+            limits: Limits::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Parse and validate a config file's text.
+    pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        let config: Config = if is_empty_document(text) {
+            Config::default()
+        } else {
+            serde_yaml_ng::from_str(text).map_err(|e| syntax_error(path, &e))?
+        };
+        config.validate(path)?;
+        Ok(config)
+    }
+
+    /// Load `path`; a missing file means the embedded defaults.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        match std::fs::read_to_string(path) {
+            Ok(text) => Config::parse(&text, path),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
+            Err(e) => Err(crate::files::FileError::io(path, e).into()),
+        }
+    }
+
+    fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(path, "listen", "needs at least one address"));
+        }
+        if self.socks.direct && !self.socks.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                path,
+                "socks.listen",
+                format!(
+                    "{} is not loopback and socks.direct is true: that would be an open proxy; \
+                     bind 127.0.0.1 or set socks.direct: false",
+                    self.socks.listen
+                ),
+            ));
+        }
+        let mut ports: BTreeMap<u16, &ServiceName> = BTreeMap::new();
+        for (name, service) in &self.services {
+            if let Some(other) = ports.insert(service.port(), name) {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("services.{name}.port"),
+                    format!("port {} is already the port of service {other}", service.port()),
+                ));
+            }
+        }
+        let limits = &self.limits;
+        if limits.streams_per_peer == 0 || limits.streams_per_peer > limits.streams_total {
+            return Err(ConfigError::invalid(
+                path,
+                "limits.streams_per_peer",
+                "must be at least 1 and at most limits.streams_total",
+            ));
+        }
+        for (key, value) in [
+            ("socks.handshake_timeout", self.socks.handshake_timeout),
+            ("limits.connect_timeout", limits.connect_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(ConfigError::invalid(path, key, "must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// A YAML document holding only comments and blank lines.
+fn is_empty_document(text: &str) -> bool {
+    text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---")
+}
+
+pub(crate) fn syntax_error(path: &Path, error: &serde_yaml_ng::Error) -> ConfigError {
+    let (line, column) = error.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
+    // serde_yaml_ng appends " at line L column C"; the prefix already says where.
+    let message = error.to_string();
+    let message = match message.rfind(" at line ") {
+        Some(at) => message[..at].to_owned(),
+        None => message,
+    };
+    ConfigError::Syntax { path: path.to_owned(), line, column, message }
+}
+
+/// Deserialise a newtype through its `FromStr`, so a bad value is reported at its position.
+macro_rules! from_str_deserialize {
+    ($ty:ty) => {
+        impl<'de> Deserialize<'de> for $ty {
+            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+                let text = String::deserialize(deserializer)?;
+                text.parse().map_err(de::Error::custom)
+            }
+        }
+    };
+}
+
+/// A libp2p multiaddr.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Addr(pub Multiaddr);
+
+impl FromStr for Addr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse().map(Addr).map_err(|e| format!("{text:?} is not a multiaddr: {e}"))
+    }
+}
+from_str_deserialize!(Addr);
+
+/// `host:port` of a local TCP service.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct HostPort {
+    pub host: String,
+    pub port: u16,
+}
+
+impl FromStr for HostPort {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not host:port (e.g. 127.0.0.1:22)");
+        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
+        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
+        let port: u16 = port.parse().map_err(|_| bad())?;
+        if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
+            return Err(bad());
+        }
+        Ok(HostPort { host: host.to_owned(), port })
+    }
+}
+from_str_deserialize!(HostPort);
+
+impl fmt::Display for HostPort {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        if self.host.contains(':') {
+            write!(f, "[{}]:{}", self.host, self.port)
+        } else {
+            write!(f, "{}:{}", self.host, self.port)
+        }
+    }
+}
+
+/// A service name: 1 to 63 of `[a-z0-9_-]`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct ServiceName(String);
+
+impl ServiceName {
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
+
+impl FromStr for ServiceName {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
+        if text.is_empty() || text.len() > 63 || !text.bytes().all(ok) {
+            return Err(format!("service name {text:?}: use 1 to 63 of a-z, 0-9, '-', '_'"));
+        }
+        Ok(ServiceName(text.to_owned()))
+    }
+}
+from_str_deserialize!(ServiceName);
+
+impl fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// A local name's key, `HOST.NETWORK`.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NameKey {
+    pub host: Label,
+    pub network: Label,
+}
+
+impl FromStr for NameKey {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let (host, network) = text
+            .split_once('.')
+            .ok_or_else(|| format!("name {text:?}: expected HOST.NETWORK (e.g. nas.alice)"))?;
+        let host = host.parse().map_err(|e| format!("name {text:?}: {e}"))?;
+        let network = network.parse().map_err(|e| format!("name {text:?}: {e}"))?;
+        Ok(NameKey { host, network })
+    }
+}
+from_str_deserialize!(NameKey);
+
+impl fmt::Display for NameKey {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}.{}", self.host, self.network)
+    }
+}
+
+/// What a local name points at: one peer ID or multiaddr, or a list of multiaddrs of one peer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameValue(pub NameEntry);
+
+impl<'de> Deserialize<'de> for NameValue {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum OneOrMany {
+            One(String),
+            Many(Vec<String>),
+        }
+        let texts = match OneOrMany::deserialize(deserializer) {
+            Ok(OneOrMany::One(text)) => vec![text],
+            Ok(OneOrMany::Many(texts)) => texts,
+            Err(_) => {
+                return Err(de::Error::custom(
+                    "expected a peer ID, a multiaddr ending in /p2p/<peer-id>, or a list of them",
+                ));
+            }
+        };
+        let entries = texts
+            .iter()
+            .map(|t| t.parse::<NameEntry>())
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(de::Error::custom)?;
+        match NameEntry::merge(entries).map_err(de::Error::custom)? {
+            Some(entry) => Ok(NameValue(entry)),
+            None => Err(de::Error::custom("an empty list names no peer")),
+        }
+    }
+}
+
+/// A duration written `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Dur(pub Duration);
+
+impl FromStr for Dur {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let bad = || format!("{text:?} is not a duration (e.g. 500ms, 10s, 2m, 1h)");
+        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
+        let (number, unit) = text.split_at(split);
+        let n: u64 = number.parse().map_err(|_| bad())?;
+        let duration = match unit.trim() {
+            "ms" => Duration::from_millis(n),
+            "" | "s" => Duration::from_secs(n),
+            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
+            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
+            _ => return Err(bad()),
+        };
+        Ok(Dur(duration))
+    }
+}
+
+impl<'de> Deserialize<'de> for Dur {
+    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum Raw {
+            Secs(u64),
+            Text(String),
+        }
+        match Raw::deserialize(deserializer)
+            .map_err(|_| de::Error::custom("expected a duration (e.g. 500ms, 10s, 2m)"))?
+        {
+            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
+            Raw::Text(text) => text.parse().map_err(de::Error::custom),
+        }
+    }
+}
+
+/// `names.yaml`: a mapping of `HOST.NETWORK` to a peer, like `names:` in config.yaml.
+pub fn parse_names_file(
+    text: &str,
+    path: &Path,
+) -> Result<BTreeMap<NameKey, NameValue>, ConfigError> {
+    if is_empty_document(text) {
+        return Ok(BTreeMap::new());
+    }
+    serde_yaml_ng::from_str(text).map_err(|e| syntax_error(path, &e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(text, Path::new("config.yaml"))
+    }
+
+    #[test]
+    fn the_shipped_default_config_parses_to_the_defaults() {
+        let config = parse(DEFAULT_CONFIG).unwrap();
+        assert_eq!(config.socks.listen, default_socks_listen());
+        assert_eq!(config.listen, default_listen());
+        assert!(config.socks.direct);
+        assert!(parse("").is_ok() && parse("# nothing\n").is_ok());
+    }
+
+    #[test]
+    fn type_errors_name_line_and_column() {
+        let text =
+            "socks:\n  listen: 127.0.0.1:1080\nservices:\n  web:\n    local_address: nowhere\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert!(error.starts_with("config.yaml:5:20: "), "{error}");
+        assert!(error.contains("not host:port"), "{error}");
+    }
+
+    #[test]
+    fn unknown_keys_are_errors_with_their_position() {
+        let error = parse("socks:\n  lisen: 127.0.0.1:1080\n").unwrap_err().to_string();
+        assert!(error.starts_with("config.yaml:2:3: "), "{error}");
+        assert!(error.contains("unknown field `lisen`"), "{error}");
+    }
+
+    #[test]
+    fn cross_field_errors_name_the_key_path() {
+        let text = "services:\n  a: { local_address: 127.0.0.1:80 }\n  b: { local_address: 127.0.0.1:8080, port: 80 }\n";
+        let error = parse(text).unwrap_err().to_string();
+        assert_eq!(error, "config.yaml: services.b.port: port 80 is already the port of service a");
+        let error = parse("socks: { listen: 0.0.0.0:1080 }\n").unwrap_err().to_string();
+        assert!(error.starts_with("config.yaml: socks.listen: "), "{error}");
+    }
+
+    #[test]
+    fn names_take_a_peer_or_multiaddrs_of_one_peer() {
+        let peer = libp2p::PeerId::random();
+        let text = format!(
+            "names:\n  nas.alice: {peer}\n  box.lab: [/ip4/192.0.2.1/tcp/4101/p2p/{peer}, /ip4/192.0.2.1/udp/4101/quic-v1/p2p/{peer}]\n"
+        );
+        let config = parse(&text).unwrap();
+        let boxed = &config.names[&"box.lab".parse().unwrap()].0;
+        assert_eq!((boxed.peer, boxed.addrs.len()), (peer, 2));
+        let error = parse("names:\n  nas: 12D3\n").unwrap_err().to_string();
+        assert!(error.starts_with("config.yaml:2:3: "), "{error}");
+    }
+
+    #[test]
+    fn durations() {
+        assert_eq!("500ms".parse::<Dur>().unwrap().0, Duration::from_millis(500));
+        assert_eq!("2m".parse::<Dur>().unwrap().0, Duration::from_secs(120));
+        assert!("ten".parse::<Dur>().is_err() && "5d".parse::<Dur>().is_err());
+        let config = parse("limits: { connect_timeout: 3 }\n").unwrap();
+        assert_eq!(config.limits.connect_timeout.0, Duration::from_secs(3));
+    }
+}

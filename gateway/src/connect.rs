@@ -1,0 +1,167 @@
+//! Reaching a target: the gateway's [`Connector`] for the SOCKS front end.
+//!
+//! A `.p2p` name is parsed, resolved through the tiers, and reached over a tunnel stream: the
+//! stream opens on a connection to the resolved peer (dialled if needed), the request names
+//! the port, and the serving peer's answer decides success. Other targets go out directly when
+//! `socks.direct` is on. `.p2p` names never fall back to a direct connection.
+//!
+//! [`failure_of_open`] and [`failure_of_status`] are the one place where node and protocol
+//! outcomes become the user-visible [`FailureKind`].
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p::Stream;
+use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
+use peerup_resolver::{Label, Name, ResolveError, Tiers};
+use tokio::net::TcpStream;
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
+use tokio_util::either::Either;
+use tracing::debug;
+
+use crate::auth::Access;
+use crate::node::{Control, OpenError};
+use crate::protocol::{Request, Response, Status};
+
+/// A tunnel stream after the serving peer accepted it, ready for raw bytes.
+pub type Tunnel = Compat<Stream>;
+
+/// Connects SOCKS targets: tunnels for `.p2p` names, direct TCP for the rest.
+#[derive(Debug)]
+pub struct Gateway {
+    pub tiers: Tiers,
+    pub control: Control,
+    pub access: Arc<Access>,
+    pub suffix: Label,
+    pub direct: bool,
+    pub connect_timeout: Duration,
+}
+
+impl Gateway {
+    /// Resolve `name` and open a tunnel to its service on `port`.
+    pub async fn tunnel(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
+        let resolution = self.tiers.resolve(name).await.map_err(|e| match e {
+            ResolveError::NoSuchName(_) => {
+                ConnectError::new(FailureKind::NoSuchName, e.to_string())
+            }
+            ResolveError::Unavailable { .. } => {
+                ConnectError::new(FailureKind::NoSuchName, e.to_string())
+            }
+        })?;
+        let peer = resolution.peer;
+        debug!(%name, %peer, tier = %resolution.tier, "resolved");
+        self.access.choose(peer);
+        let open = self.control.open(peer, resolution.addrs);
+        let stream = match tokio::time::timeout(self.connect_timeout, open).await {
+            Ok(Ok(stream)) => stream,
+            Ok(Err(error)) => {
+                return Err(ConnectError::new(failure_of_open(&error), format!("{name}: {error}")));
+            }
+            Err(_) => {
+                let message =
+                    format!("{name}: no connection to {peer} within {:?}", self.connect_timeout);
+                return Err(ConnectError::new(FailureKind::Unreachable, message));
+            }
+        };
+        let mut stream = stream.compat();
+        let exchange = async {
+            use tokio::io::AsyncWriteExt;
+            stream.write_all(&Request::Port(port).encode()).await?;
+            stream.flush().await?;
+            Response::read(&mut stream).await.map_err(std::io::Error::other)
+        };
+        let response = match tokio::time::timeout(self.connect_timeout, exchange).await {
+            Ok(Ok(response)) => response,
+            Ok(Err(error)) => {
+                return Err(ConnectError::new(
+                    FailureKind::Unreachable,
+                    format!("{name}: {error}"),
+                ));
+            }
+            Err(_) => {
+                return Err(ConnectError::new(
+                    FailureKind::TimedOut,
+                    format!("{name}: no answer in time"),
+                ));
+            }
+        };
+        match failure_of_status(response.status) {
+            None => Ok(stream),
+            Some(kind) => {
+                Err(ConnectError::new(kind, format!("{name}:{port}: {}", response.reason)))
+            }
+        }
+    }
+
+    async fn direct(&self, target: &Target) -> Result<TcpStream, ConnectError> {
+        if !self.direct {
+            return Err(ConnectError::new(
+                FailureKind::NotAllowed,
+                "direct connections are off (socks.direct)",
+            ));
+        }
+        let connect = async {
+            match target {
+                Target::Addr(addr) => TcpStream::connect(addr).await,
+                Target::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await,
+            }
+        };
+        match tokio::time::timeout(self.connect_timeout, connect).await {
+            Ok(Ok(socket)) => {
+                let _ = socket.set_nodelay(true);
+                Ok(socket)
+            }
+            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
+                Err(ConnectError::new(FailureKind::Refused, format!("{target}: {e}")))
+            }
+            Ok(Err(e)) => {
+                Err(ConnectError::new(FailureKind::Unreachable, format!("{target}: {e}")))
+            }
+            Err(_) => Err(ConnectError::new(
+                FailureKind::TimedOut,
+                format!("{target}: no answer in time"),
+            )),
+        }
+    }
+}
+
+impl Connector for Gateway {
+    type Stream = Either<TcpStream, Tunnel>;
+
+    async fn connect(&self, target: Target) -> Result<Self::Stream, ConnectError> {
+        if let Target::Name { host, port } = &target {
+            match Name::parse(host, &self.suffix) {
+                Ok(Some(name)) => return self.tunnel(&name, *port).await.map(Either::Right),
+                Ok(None) => {}
+                Err(e) => return Err(ConnectError::new(FailureKind::NoSuchName, e.to_string())),
+            }
+        }
+        self.direct(&target).await.map(Either::Left)
+    }
+}
+
+/// How a failure to open a stream looks to the app.
+pub fn failure_of_open(error: &OpenError) -> FailureKind {
+    match error {
+        OpenError::NoAddress | OpenError::Dial(_) | OpenError::ConnectionLost => {
+            FailureKind::Unreachable
+        }
+        OpenError::ClosedAtHandshake => FailureKind::NotAllowed,
+        OpenError::Timeout => FailureKind::TimedOut,
+        OpenError::Unsupported => FailureKind::NoSuchService,
+        OpenError::Io(_) | OpenError::Shutdown => FailureKind::General,
+    }
+}
+
+/// How the serving peer's answer looks to the app; `None` is success.
+pub fn failure_of_status(status: Status) -> Option<FailureKind> {
+    match status {
+        Status::Ok => None,
+        Status::NotAuthorized => Some(FailureKind::NotAllowed),
+        Status::NoSuchService => Some(FailureKind::NoSuchService),
+        Status::Refused => Some(FailureKind::Refused),
+        Status::ServiceTimeout => Some(FailureKind::TimedOut),
+        Status::Busy => Some(FailureKind::Busy),
+        Status::BadRequest | Status::Unknown(_) => Some(FailureKind::General),
+    }
+}

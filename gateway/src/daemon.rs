@@ -1,0 +1,219 @@
+//! `peerup run`: load everything, bind every listener, serve until a signal, then drain.
+//!
+//! Start-up order: config, identity, access lists and names are loaded and checked first (any
+//! error stops the daemon before it binds anything); then the libp2p listeners and the SOCKS
+//! listener are bound; then `<home>/state.json` is written with every bound address, which is
+//! the signal that the daemon is ready. Shutdown: stop accepting (new SOCKS clients and new
+//! inbound streams), give open tunnels `limits.shutdown_grace` to finish, stop the swarm,
+//! remove state.json.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::os::unix::fs::MetadataExt;
+use std::sync::Arc;
+
+use libp2p::identity::Keypair;
+use libp2p::{Multiaddr, PeerId};
+use peerup_proxy::{SocksConfig, SocksServer};
+use peerup_resolver::{LocalNames, Resolve, Tiers};
+use serde::Serialize;
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::auth::Access;
+use crate::auth::access::{AccessError, AccessLists};
+use crate::config::{Config, ConfigError, NameKey, NameValue, parse_names_file};
+use crate::connect::Gateway;
+use crate::files::{self, FileError, Home};
+use crate::identity::{self, IdentityError};
+use crate::node::{Node, NodeError};
+use crate::service::{ServiceHost, ServiceTable, StreamLimits};
+
+/// Inbound streams queued between the swarm and the service host before "busy" answers.
+const INBOUND_QUEUE: usize = 256;
+
+/// Anything that stops the daemon from starting.
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Config(#[from] ConfigError),
+    #[error("{0}\nhint: create an identity with `peerup init`")]
+    Identity(#[from] IdentityError),
+    #[error(transparent)]
+    Access(#[from] AccessError),
+    #[error(transparent)]
+    File(#[from] FileError),
+    #[error(transparent)]
+    Node(#[from] NodeError),
+    #[error("cannot bind the SOCKS listener {addr}: {source}")]
+    Socks { addr: SocketAddr, source: std::io::Error },
+}
+
+/// Everything read from a home, validated.
+#[derive(Debug)]
+pub struct Loaded {
+    pub config: Config,
+    pub keypair: Keypair,
+    pub lists: AccessLists,
+    pub names: LocalNames,
+}
+
+/// Load and check config, identity, access lists and names.
+pub fn load(home: &Home) -> Result<Loaded, StartError> {
+    home.check()?;
+    let config = Config::load(&home.config())?;
+    let keypair = identity::load(&home.identity())?;
+    let lists = AccessLists::load(home, &config)?;
+    let names = load_names(home, &config)?;
+    Ok(Loaded { config, keypair, lists, names })
+}
+
+/// `names:` from config.yaml merged with names.yaml; a name in both is an error.
+pub fn load_names(home: &Home, config: &Config) -> Result<LocalNames, ConfigError> {
+    let path = home.join(files::NAMES_FILE.as_ref());
+    let mut names: BTreeMap<NameKey, NameValue> = config.names.clone();
+    match std::fs::read_to_string(&path) {
+        Ok(text) => {
+            for (key, value) in parse_names_file(&text, &path)? {
+                if names.contains_key(&key) {
+                    return Err(ConfigError::Invalid {
+                        path: path.clone(),
+                        key: key.to_string(),
+                        message: "also defined under names: in config.yaml".into(),
+                    });
+                }
+                names.insert(key, value);
+            }
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+        Err(e) => return Err(FileError::io(&path, e).into()),
+    }
+    Ok(LocalNames::new(names.into_iter().map(|(k, v)| ((k.host, k.network), v.0))))
+}
+
+/// What `state.json` says about a running daemon.
+#[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
+pub struct State {
+    pub pid: u32,
+    pub peer_id: String,
+    pub peer_label: String,
+    pub socks: SocketAddr,
+    pub libp2p: Vec<String>,
+}
+
+/// Run the gateway until SIGINT or SIGTERM.
+pub async fn run(home: Home) -> Result<(), StartError> {
+    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+        warn!("running as root: peerup never needs root; run it as your user");
+    }
+    let Loaded { config, keypair, lists, names } = load(&home)?;
+    let peer = keypair.public().to_peer_id();
+    let access = Arc::new(Access::new(lists));
+    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+    let (mut node, control) = Node::build(keypair, access.clone(), inbound_tx)?;
+    let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
+    node.listen(&listen).await?;
+    let socks_config = SocksConfig {
+        handshake_timeout: config.socks.handshake_timeout.0,
+        ..SocksConfig::default()
+    };
+    let socks = SocksServer::bind(config.socks.listen, socks_config)
+        .await
+        .map_err(|source| StartError::Socks { addr: config.socks.listen, source })?;
+    let socks_addr = socks
+        .local_addr()
+        .map_err(|source| StartError::Socks { addr: config.socks.listen, source })?;
+
+    let accepting = CancellationToken::new();
+    let stop_node = CancellationToken::new();
+    let tasks = TaskTracker::new();
+    let limits = StreamLimits {
+        per_peer: config.limits.streams_per_peer,
+        total: config.limits.streams_total,
+        connect_timeout: config.limits.connect_timeout.0,
+    };
+    let host = ServiceHost::new(ServiceTable::from_config(&config), access.clone(), limits);
+    let tiers = Tiers::new(vec![Arc::new(names) as Arc<dyn Resolve>]);
+    let gateway = Arc::new(Gateway {
+        tiers,
+        control,
+        access,
+        suffix: crate::config::suffix(),
+        direct: config.socks.direct,
+        connect_timeout: config.limits.connect_timeout.0,
+    });
+
+    let addrs = node.addresses();
+    let node_task = tokio::spawn(node.run(stop_node.clone()));
+    let host_task = tokio::spawn(host.run(inbound_rx, accepting.clone(), tasks.clone()));
+    let socks_task = tokio::spawn(socks.run(gateway, accepting.clone(), tasks.clone()));
+    let state_task =
+        tokio::spawn(keep_state(home.clone(), peer, socks_addr, addrs, stop_node.clone()));
+    info!(%peer, socks = %socks_addr, services = config.services.len(), "ready");
+
+    shutdown_signal().await;
+    info!(
+        "shutting down: no new connections; open tunnels get {:?}",
+        config.limits.shutdown_grace.0
+    );
+    accepting.cancel();
+    let _ = socks_task.await;
+    let _ = host_task.await;
+    tasks.close();
+    if tokio::time::timeout(config.limits.shutdown_grace.0, tasks.wait()).await.is_err() {
+        warn!(open = tasks.len(), "tunnels still open at the deadline: closing them");
+    }
+    stop_node.cancel();
+    let _ = node_task.await;
+    let _ = state_task.await;
+    let _ = std::fs::remove_file(home.state());
+    info!("stopped");
+    Ok(())
+}
+
+/// Write state.json now and whenever the listen addresses change.
+async fn keep_state(
+    home: Home,
+    peer: PeerId,
+    socks: SocketAddr,
+    mut addrs: watch::Receiver<Vec<Multiaddr>>,
+    stop: CancellationToken,
+) {
+    loop {
+        let state = State {
+            pid: std::process::id(),
+            peer_id: peer.to_base58(),
+            peer_label: peerup_resolver::peer_label(&peer),
+            socks,
+            libp2p: addrs.borrow_and_update().iter().map(ToString::to_string).collect(),
+        };
+        match serde_json::to_vec_pretty(&state) {
+            Ok(json) => {
+                if let Err(error) = files::write_atomic(&home.state(), &json, 0o600) {
+                    warn!(%error, "cannot write state.json");
+                }
+            }
+            Err(error) => warn!(%error, "cannot encode state.json"),
+        }
+        tokio::select! {
+            () = stop.cancelled() => return,
+            changed = addrs.changed() => if changed.is_err() { return },
+        }
+    }
+}
+
+async fn shutdown_signal() {
+    use tokio::signal::unix::{SignalKind, signal};
+    let (Ok(mut term), Ok(mut int)) =
+        (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))
+    else {
+        warn!("cannot install signal handlers; stop with SIGKILL");
+        return std::future::pending().await;
+    };
+    tokio::select! {
+        _ = term.recv() => {},
+        _ = int.recv() => {},
+    }
+}

@@ -1,0 +1,181 @@
+//! The home directory and the file rules every node follows.
+//!
+//! A home holds everything of one node (`--home DIR` or `PEERUP_HOME`; by default the platform
+//! config dir), so several nodes run side by side on one machine. Like sshd's StrictModes, files
+//! that decide who gets in are refused when group or others could change them, and the key is
+//! refused when group or others could read it. Every edit is a temp file plus rename, so a crash
+//! never leaves half a file.
+
+use std::fs::{self, OpenOptions};
+use std::io::{self, Write};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+
+pub const CONFIG_FILE: &str = "config.yaml";
+pub const IDENTITY_FILE: &str = "identity.key";
+pub const AUTHORIZED_KEYS_FILE: &str = "authorized_keys";
+pub const NAMES_FILE: &str = "names.yaml";
+pub const STATE_FILE: &str = "state.json";
+
+/// A file or directory whose permissions are unsafe, or that cannot be read.
+#[derive(Debug, thiserror::Error)]
+pub enum FileError {
+    #[error(
+        "{path} is readable by group or others (mode {mode:03o}); run: chmod 600 {path}",
+        path = path.display()
+    )]
+    KeyReadable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is writable by group or others (mode {mode:03o}); run: chmod go-w {path}",
+        path = path.display()
+    )]
+    Writable { path: PathBuf, mode: u32 },
+    #[error("{path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: io::Error },
+}
+
+impl FileError {
+    pub fn io(path: &Path, source: io::Error) -> Self {
+        FileError::Io { path: path.to_owned(), source }
+    }
+}
+
+/// The home directory of one node.
+#[derive(Debug, Clone)]
+pub struct Home {
+    dir: PathBuf,
+}
+
+impl Home {
+    /// `explicit` comes from `--home` or `PEERUP_HOME`; otherwise the platform config dir.
+    pub fn new(explicit: Option<PathBuf>) -> Home {
+        let dir = explicit.unwrap_or_else(|| {
+            dirs::config_dir().unwrap_or_else(|| PathBuf::from(".config")).join("peerup")
+        });
+        Home { dir }
+    }
+
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// A path named in the config: relative paths are relative to the home.
+    pub fn join(&self, path: &Path) -> PathBuf {
+        self.dir.join(path)
+    }
+
+    pub fn config(&self) -> PathBuf {
+        self.dir.join(CONFIG_FILE)
+    }
+
+    pub fn identity(&self) -> PathBuf {
+        self.dir.join(IDENTITY_FILE)
+    }
+
+    pub fn state(&self) -> PathBuf {
+        self.dir.join(STATE_FILE)
+    }
+
+    /// Refuse a home that group or others can write (they could swap any file in it).
+    pub fn check(&self) -> Result<(), FileError> {
+        check_not_writable(&self.dir)
+    }
+}
+
+/// Refuse a file or directory that group or others can write.
+pub fn check_not_writable(path: &Path) -> Result<(), FileError> {
+    let mode = mode_of(path)?;
+    if mode & 0o022 != 0 {
+        return Err(FileError::Writable { path: path.to_owned(), mode: mode & 0o777 });
+    }
+    Ok(())
+}
+
+/// Refuse a secret that group or others can read or write.
+pub fn check_private(path: &Path) -> Result<(), FileError> {
+    let mode = mode_of(path)?;
+    if mode & 0o077 != 0 {
+        return Err(FileError::KeyReadable { path: path.to_owned(), mode: mode & 0o777 });
+    }
+    Ok(())
+}
+
+fn mode_of(path: &Path) -> Result<u32, FileError> {
+    fs::metadata(path).map(|m| m.permissions().mode()).map_err(|e| FileError::io(path, e))
+}
+
+/// Read a text file, naming the path in the error.
+pub fn read_text(path: &Path) -> Result<String, FileError> {
+    fs::read_to_string(path).map_err(|e| FileError::io(path, e))
+}
+
+/// Create a directory (and parents) private to the user.
+pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(path)
+        .map_err(|e| FileError::io(path, e))
+}
+
+/// Create `path` with `contents` and `mode`; fails if it exists (never overwrites).
+pub fn create_new(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+    let mut file = OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .open(path)
+        .map_err(|e| FileError::io(path, e))?;
+    file.write_all(contents).and_then(|()| file.sync_all()).map_err(|e| FileError::io(path, e))
+}
+
+/// Replace `path` atomically: write a temp file beside it, sync, rename over.
+pub fn write_atomic(path: &Path, contents: &[u8], mode: u32) -> Result<(), FileError> {
+    let name = path.file_name().and_then(|n| n.to_str()).unwrap_or("file");
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut file =
+            OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp)?;
+        file.set_permissions(fs::Permissions::from_mode(mode))?;
+        file.write_all(contents)?;
+        file.sync_all()?;
+        fs::rename(&temp, path)
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&temp);
+    }
+    result.map_err(|e| FileError::io(path, e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn permission_checks_say_which_chmod_to_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let key = dir.path().join("identity.key");
+        create_new(&key, b"x", 0o644).unwrap();
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
+        let error = check_private(&key).unwrap_err().to_string();
+        assert!(error.contains("mode 644") && error.contains("chmod 600"), "{error}");
+        fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
+        check_private(&key).unwrap();
+
+        fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
+        let error = check_not_writable(dir.path()).unwrap_err().to_string();
+        assert!(error.contains("chmod go-w"), "{error}");
+    }
+
+    #[test]
+    fn create_new_never_overwrites_and_atomic_write_replaces() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("f");
+        create_new(&path, b"one", 0o600).unwrap();
+        assert!(create_new(&path, b"two", 0o600).is_err());
+        write_atomic(&path, b"three", 0o600).unwrap();
+        assert_eq!(fs::read(&path).unwrap(), b"three");
+        let leftovers = fs::read_dir(dir.path()).unwrap().count();
+        assert_eq!(leftovers, 1, "no temp file left behind");
+    }
+}

@@ -1,0 +1,135 @@
+//! The connection gate: who gets a connection at all.
+//!
+//! Inbound, a peer in none of our lists (global, any service's, the configured relays) is
+//! refused right after the security handshake proved its peer ID, before any stream: the
+//! connection is closed and the refusal logged. Outbound, we only dial peers we chose (see
+//! [`Access::may_dial`]). Per-service checks happen again on every stream (the service host).
+
+use std::collections::HashMap;
+use std::fmt;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+
+use libp2p::PeerId;
+use libp2p::core::transport::PortUse;
+use libp2p::core::{Endpoint, Multiaddr};
+use libp2p::swarm::{
+    ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
+    THandlerOutEvent, ToSwarm, dummy,
+};
+use tracing::{info, warn};
+
+use crate::auth::Access;
+
+/// The reason a connection was denied, as libp2p reports it.
+#[derive(Debug)]
+pub struct NotAllowed {
+    peer: Option<PeerId>,
+    inbound: bool,
+}
+
+impl fmt::Display for NotAllowed {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match (self.inbound, self.peer) {
+            (true, Some(peer)) => write!(f, "peer {peer} is in no allow list"),
+            (false, Some(peer)) => write!(f, "peer {peer} is not one we chose to dial"),
+            (_, None) => write!(f, "dials without a peer ID are not allowed"),
+        }
+    }
+}
+
+impl std::error::Error for NotAllowed {}
+
+/// The gate behaviour.
+pub struct Gate {
+    access: Arc<Access>,
+    connected: HashMap<PeerId, usize>,
+}
+
+impl fmt::Debug for Gate {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Gate").field("connected", &self.connected.len()).finish()
+    }
+}
+
+impl Gate {
+    pub fn new(access: Arc<Access>) -> Self {
+        Gate { access, connected: HashMap::new() }
+    }
+
+    fn check_outbound(&self, peer: Option<PeerId>) -> Result<(), ConnectionDenied> {
+        match peer {
+            Some(peer) if self.access.may_dial(&peer, self.connected.contains_key(&peer)) => Ok(()),
+            peer => {
+                let denied = NotAllowed { peer, inbound: false };
+                warn!(reason = %denied, "refused to dial");
+                Err(ConnectionDenied::new(denied))
+            }
+        }
+    }
+}
+
+impl NetworkBehaviour for Gate {
+    type ConnectionHandler = dummy::ConnectionHandler;
+    type ToSwarm = std::convert::Infallible;
+
+    fn handle_established_inbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        remote: &Multiaddr,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        if self.access.may_connect(&peer) {
+            return Ok(dummy::ConnectionHandler);
+        }
+        info!(%peer, %remote, "refused connection at the handshake: peer is in no allow list");
+        Err(ConnectionDenied::new(NotAllowed { peer: Some(peer), inbound: true }))
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        self.check_outbound(peer).map(|()| Vec::new())
+    }
+
+    fn handle_established_outbound_connection(
+        &mut self,
+        _: ConnectionId,
+        peer: PeerId,
+        _: &Multiaddr,
+        _: Endpoint,
+        _: PortUse,
+    ) -> Result<THandler<Self>, ConnectionDenied> {
+        self.check_outbound(Some(peer)).map(|()| dummy::ConnectionHandler)
+    }
+
+    fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
+        match event {
+            FromSwarm::ConnectionEstablished(e) => {
+                *self.connected.entry(e.peer_id).or_default() += 1;
+            }
+            FromSwarm::ConnectionClosed(e) if e.remaining_established == 0 => {
+                self.connected.remove(&e.peer_id);
+            }
+            _ => {}
+        }
+    }
+
+    fn on_connection_handler_event(
+        &mut self,
+        _: PeerId,
+        _: ConnectionId,
+        event: THandlerOutEvent<Self>,
+    ) {
+        match event {}
+    }
+
+    fn poll(&mut self, _: &mut Context<'_>) -> Poll<ToSwarm<Self::ToSwarm, THandlerInEvent<Self>>> {
+        Poll::Pending
+    }
+}

@@ -1,0 +1,42 @@
+//! What a client asked to reach.
+
+use std::fmt;
+use std::net::SocketAddr;
+
+/// The destination of a CONNECT, as the client sent it.
+///
+/// Host names are kept verbatim (case included): base58 peer IDs are case-sensitive and only
+/// survive where the name is passed through untouched, as a SOCKS5 hostname is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Target {
+    Name { host: String, port: u16 },
+    Addr(SocketAddr),
+}
+
+impl Target {
+    pub fn port(&self) -> u16 {
+        match self {
+            Target::Name { port, .. } => *port,
+            Target::Addr(addr) => addr.port(),
+        }
+    }
+}
+
+impl fmt::Display for Target {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Target::Name { host, port } => write!(f, "{host}:{port}"),
+            Target::Addr(addr) => write!(f, "{addr}"),
+        }
+    }
+}
+
+impl From<fast_socks5::util::target_addr::TargetAddr> for Target {
+    fn from(t: fast_socks5::util::target_addr::TargetAddr) -> Self {
+        use fast_socks5::util::target_addr::TargetAddr;
+        match t {
+            TargetAddr::Ip(addr) => Target::Addr(addr),
+            TargetAddr::Domain(host, port) => Target::Name { host, port },
+        }
+    }
+}

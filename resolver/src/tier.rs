@@ -1,0 +1,239 @@
+//! Resolution tiers: first answer wins.
+//!
+//! Each tier implements [`Resolve`]. [`Tiers`] asks them in order for `HOST.NETWORK` names and,
+//! when none knows the name, reads `HOST` as a peer label (the last tier). A bare
+//! `PEERLABEL.p2p` needs no tier at all. Later tiers (a network's registry, others) slot in
+//! behind the same trait.
+
+use std::collections::HashMap;
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+use std::str::FromStr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use libp2p_identity::PeerId;
+use multiaddr::{Multiaddr, Protocol};
+
+use crate::label::parse_peer;
+use crate::name::{Label, Name};
+
+/// Which tier answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tier {
+    /// `names:` in config.yaml and `names.yaml`.
+    Local,
+    /// The name itself is a peer label.
+    PeerLabel,
+}
+
+impl fmt::Display for Tier {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Tier::Local => "local",
+            Tier::PeerLabel => "peer-label",
+        })
+    }
+}
+
+/// A resolved name: the peer to reach and what is known of its addresses.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Resolution {
+    pub peer: PeerId,
+    /// Addresses to dial, without the trailing `/p2p/<peer>`. May be empty.
+    pub addrs: Vec<Multiaddr>,
+    pub tier: Tier,
+    /// How long the answer may be cached.
+    pub ttl: Duration,
+}
+
+/// Why resolution gave no peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum ResolveError {
+    #[error("no such name: {0}")]
+    NoSuchName(String),
+    /// A tier that should know could not be asked (not the same as "no such name": callers
+    /// must not cache it).
+    #[error("cannot resolve {name} now: {reason}")]
+    Unavailable { name: String, reason: String },
+}
+
+/// The answer a tier gives: `Ok(None)` passes the name on to the next tier.
+pub type TierAnswer<'a> =
+    Pin<Box<dyn Future<Output = Result<Option<Resolution>, ResolveError>> + Send + 'a>>;
+
+/// One resolution tier.
+pub trait Resolve: Send + Sync + fmt::Debug {
+    fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a>;
+}
+
+/// The TTL of answers from local names and peer labels: they change only when the user edits
+/// them, but short answers let edits show quickly.
+pub const LOCAL_TTL: Duration = Duration::from_secs(60);
+
+/// What a local name points at: a peer, optionally with addresses to dial it on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct NameEntry {
+    pub peer: PeerId,
+    pub addrs: Vec<Multiaddr>,
+}
+
+/// Why a local name's value is not a peer.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum NameEntryError {
+    #[error("{0:?} is neither a peer ID nor a multiaddr ending in /p2p/<peer-id>")]
+    Malformed(String),
+    #[error("addresses name different peers ({0} and {1})")]
+    MixedPeers(PeerId, PeerId),
+}
+
+impl FromStr for NameEntry {
+    type Err = NameEntryError;
+
+    /// A peer ID (base58 or base36), or a multiaddr ending in `/p2p/<peer-id>`.
+    fn from_str(text: &str) -> Result<Self, NameEntryError> {
+        if let Ok(peer) = parse_peer(text) {
+            return Ok(NameEntry { peer, addrs: Vec::new() });
+        }
+        let malformed = || NameEntryError::Malformed(text.to_owned());
+        let mut addr: Multiaddr = text.parse().map_err(|_| malformed())?;
+        match addr.pop() {
+            Some(Protocol::P2p(peer)) if !addr.is_empty() => {
+                Ok(NameEntry { peer, addrs: vec![addr] })
+            }
+            _ => Err(malformed()),
+        }
+    }
+}
+
+impl NameEntry {
+    /// Combine several values for one name; all must name the same peer.
+    pub fn merge(
+        values: impl IntoIterator<Item = NameEntry>,
+    ) -> Result<Option<Self>, NameEntryError> {
+        let mut merged: Option<NameEntry> = None;
+        for value in values {
+            match &mut merged {
+                None => merged = Some(value),
+                Some(entry) if entry.peer == value.peer => entry.addrs.extend(value.addrs),
+                Some(entry) => return Err(NameEntryError::MixedPeers(entry.peer, value.peer)),
+            }
+        }
+        Ok(merged)
+    }
+}
+
+/// Tier 1: names the user wrote down, keyed `HOST.NETWORK`.
+#[derive(Debug, Default, Clone)]
+pub struct LocalNames {
+    names: HashMap<(Label, Label), NameEntry>,
+}
+
+impl LocalNames {
+    pub fn new(names: impl IntoIterator<Item = ((Label, Label), NameEntry)>) -> Self {
+        LocalNames { names: names.into_iter().collect() }
+    }
+
+    pub fn len(&self) -> usize {
+        self.names.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+}
+
+impl Resolve for LocalNames {
+    fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a> {
+        let answer = self.names.get(&(host.clone(), network.clone())).map(|entry| Resolution {
+            peer: entry.peer,
+            addrs: entry.addrs.clone(),
+            tier: Tier::Local,
+            ttl: LOCAL_TTL,
+        });
+        Box::pin(std::future::ready(Ok(answer)))
+    }
+}
+
+/// The tiers in order.
+#[derive(Debug, Clone, Default)]
+pub struct Tiers {
+    tiers: Vec<Arc<dyn Resolve>>,
+}
+
+impl Tiers {
+    pub fn new(tiers: Vec<Arc<dyn Resolve>>) -> Self {
+        Tiers { tiers }
+    }
+
+    /// Resolve a parsed name; the first tier with an answer wins.
+    pub async fn resolve(&self, name: &Name) -> Result<Resolution, ResolveError> {
+        let (host, network, verbatim) = match name {
+            Name::Peer { peer } => return Ok(peer_label_answer(*peer)),
+            Name::Host { host, network, verbatim_host } => (host, network, verbatim_host),
+        };
+        for tier in &self.tiers {
+            if let Some(answer) = tier.resolve(host, network).await? {
+                return Ok(answer);
+            }
+        }
+        parse_peer(verbatim)
+            .map(peer_label_answer)
+            .map_err(|_| ResolveError::NoSuchName(name.to_string()))
+    }
+}
+
+fn peer_label_answer(peer: PeerId) -> Resolution {
+    Resolution { peer, addrs: Vec::new(), tier: Tier::PeerLabel, ttl: LOCAL_TTL }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn label(s: &str) -> Label {
+        s.parse().unwrap()
+    }
+
+    fn tiers_with(host: &str, network: &str, entry: NameEntry) -> Tiers {
+        let local = LocalNames::new([((label(host), label(network)), entry)]);
+        Tiers::new(vec![Arc::new(local)])
+    }
+
+    #[tokio::test]
+    async fn local_name_wins_and_carries_its_addresses() {
+        let peer = PeerId::random();
+        let entry: NameEntry = format!("/ip4/192.0.2.5/tcp/4101/p2p/{peer}").parse().unwrap();
+        let tiers = tiers_with("box", "lab", entry);
+        let name = Name::parse("box.lab.p2p", &label("p2p")).unwrap().unwrap();
+        let answer = tiers.resolve(&name).await.unwrap();
+        assert_eq!(answer.peer, peer);
+        assert_eq!(answer.tier, Tier::Local);
+        assert_eq!(answer.addrs, vec!["/ip4/192.0.2.5/tcp/4101".parse::<Multiaddr>().unwrap()]);
+    }
+
+    #[tokio::test]
+    async fn unknown_host_is_no_such_name_but_a_peer_label_host_resolves() {
+        let tiers = tiers_with("box", "lab", NameEntry { peer: PeerId::random(), addrs: vec![] });
+        let unknown = Name::parse("nas.lab.p2p", &label("p2p")).unwrap().unwrap();
+        assert_eq!(tiers.resolve(&unknown).await, Err(ResolveError::NoSuchName("nas.lab".into())));
+        let peer = PeerId::random();
+        let text = format!("{}.lab.p2p", crate::peer_label(&peer));
+        let by_label = Name::parse(&text, &label("p2p")).unwrap().unwrap();
+        let answer = tiers.resolve(&by_label).await.unwrap();
+        assert_eq!((answer.peer, answer.tier), (peer, Tier::PeerLabel));
+    }
+
+    #[test]
+    fn name_entries_parse_peer_ids_and_p2p_multiaddrs_only() {
+        let peer = PeerId::random();
+        assert_eq!(peer.to_string().parse::<NameEntry>().unwrap().peer, peer);
+        for bad in ["/ip4/1.2.3.4/tcp/1", "nonsense", &format!("/p2p/{peer}")] {
+            assert!(bad.parse::<NameEntry>().is_err(), "{bad}");
+        }
+        let other = NameEntry { peer: PeerId::random(), addrs: vec![] };
+        let mine = NameEntry { peer, addrs: vec![] };
+        assert!(NameEntry::merge([mine, other]).is_err());
+    }
+}
