@@ -473,7 +473,7 @@ mod tests {
         let text =
             "socks:\n  listen: 127.0.0.1:1080\nservices:\n  web:\n    local_address: nowhere\n";
         let error = parse(text).unwrap_err().to_string();
-        assert!(error.starts_with("config.yaml:5:20: "), "{error}");
+        assert!(error.starts_with("config.yaml:5:5: "), "{error}");
         assert!(error.contains("not host:port"), "{error}");
     }
 

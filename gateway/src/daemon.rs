@@ -146,6 +146,7 @@ pub async fn run(home: Home) -> Result<(), StartError> {
     });
 
     let addrs = node.addresses();
+    write_state(&home, &state_of(peer, socks_addr, &addrs.borrow()));
     let node_task = tokio::spawn(node.run(stop_node.clone()));
     let host_task = tokio::spawn(host.run(inbound_rx, accepting.clone(), tasks.clone()));
     let socks_task = tokio::spawn(socks.run(gateway, accepting.clone(), tasks.clone()));
@@ -173,7 +174,7 @@ pub async fn run(home: Home) -> Result<(), StartError> {
     Ok(())
 }
 
-/// Write state.json now and whenever the listen addresses change.
+/// Rewrite state.json whenever the listen addresses change.
 async fn keep_state(
     home: Home,
     peer: PeerId,
@@ -182,25 +183,32 @@ async fn keep_state(
     stop: CancellationToken,
 ) {
     loop {
-        let state = State {
-            pid: std::process::id(),
-            peer_id: peer.to_base58(),
-            peer_label: peerup_resolver::peer_label(&peer),
-            socks,
-            libp2p: addrs.borrow_and_update().iter().map(ToString::to_string).collect(),
-        };
-        match serde_json::to_vec_pretty(&state) {
-            Ok(json) => {
-                if let Err(error) = files::write_atomic(&home.state(), &json, 0o600) {
-                    warn!(%error, "cannot write state.json");
-                }
-            }
-            Err(error) => warn!(%error, "cannot encode state.json"),
-        }
         tokio::select! {
             () = stop.cancelled() => return,
             changed = addrs.changed() => if changed.is_err() { return },
         }
+        write_state(&home, &state_of(peer, socks, &addrs.borrow_and_update()));
+    }
+}
+
+fn state_of(peer: PeerId, socks: SocketAddr, addrs: &[Multiaddr]) -> State {
+    State {
+        pid: std::process::id(),
+        peer_id: peer.to_base58(),
+        peer_label: peerup_resolver::peer_label(&peer),
+        socks,
+        libp2p: addrs.iter().map(ToString::to_string).collect(),
+    }
+}
+
+fn write_state(home: &Home, state: &State) {
+    match serde_json::to_vec_pretty(state) {
+        Ok(json) => {
+            if let Err(error) = files::write_atomic(&home.state(), &json, 0o600) {
+                warn!(%error, "cannot write state.json");
+            }
+        }
+        Err(error) => warn!(%error, "cannot encode state.json"),
     }
 }
 

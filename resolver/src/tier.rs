@@ -84,8 +84,8 @@ pub struct NameEntry {
 pub enum NameEntryError {
     #[error("{0:?} is neither a peer ID nor a multiaddr ending in /p2p/<peer-id>")]
     Malformed(String),
-    #[error("addresses name different peers ({0} and {1})")]
-    MixedPeers(PeerId, PeerId),
+    #[error("addresses name different peers ({0})")]
+    MixedPeers(String),
 }
 
 impl FromStr for NameEntry {
@@ -117,7 +117,10 @@ impl NameEntry {
             match &mut merged {
                 None => merged = Some(value),
                 Some(entry) if entry.peer == value.peer => entry.addrs.extend(value.addrs),
-                Some(entry) => return Err(NameEntryError::MixedPeers(entry.peer, value.peer)),
+                Some(entry) => {
+                    let peers = format!("{} and {}", entry.peer, value.peer);
+                    return Err(NameEntryError::MixedPeers(peers));
+                }
             }
         }
         Ok(merged)

@@ -1,0 +1,99 @@
+//! Who gets in: the handshake gate, per-service lists, and the SOCKS reply for each failure.
+
+mod support;
+
+use std::time::Duration;
+
+use support::services;
+use support::{Daemon, Home, Pair, socks};
+
+#[tokio::test(flavor = "multi_thread")]
+async fn unauthorized_peer_gets_socks_not_allowed_and_is_closed_at_the_handshake() {
+    let web = services::http("secret").await;
+    // A allows nobody; C knows A's address.
+    let home_a = Home::init();
+    home_a.write_config(&format!("services:\n  web: {{ local_address: {web}, port: 80 }}\n"));
+    let a = Daemon::start(&home_a);
+    let home_c = Home::init();
+    home_c.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
+    let c = Daemon::start(&home_c);
+
+    let reply = socks::connect(c.state.socks, "home.alice.p2p", 80).await.err();
+    assert_eq!(reply, Some(0x02), "SOCKS 0x02 connection not allowed");
+    let refused = a.log.wait_for(
+        |l| l.contains("refused connection at the handshake") && l.contains(&home_c.peer_id),
+        Duration::from_secs(10),
+    );
+    assert!(refused.is_some(), "A logs the refusal:\n{}", a.log.text());
+    let streams: Vec<_> = a.log.lines().into_iter().filter(|l| l.contains("inbound tunnel stream")).collect();
+    assert!(streams.is_empty(), "no stream reached A's handler: {streams:?}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_allowed_for_web_only_is_refused_on_the_ssh_port() {
+    let web = services::http("web page").await;
+    let ssh = services::echo().await;
+    let pair = Pair::start(
+        &format!(
+            "  web: {{ local_address: {web}, port: 80, authorized_keys: web_keys }}\n  ssh: {{ local_address: {ssh}, port: 22 }}\n"
+        ),
+        |home, b| home.write_private("web_keys", &format!("{b} # web only\n")),
+    );
+    let proxy = pair.b.state.socks;
+    assert!(socks::connect(proxy, "home.alice.p2p", 80).await.is_ok(), "web is allowed");
+    assert_eq!(socks::connect(proxy, "home.alice.p2p", 22).await.err(), Some(0x02), "ssh is not");
+    let logged = pair.a.log.wait_for(|l| l.contains("not authorized for this service"), Duration::from_secs(10));
+    assert!(logged.is_some_and(|l| l.contains("ssh")), "A names the service:\n{}", pair.a.log.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn failures_get_the_reply_codes_of_the_product_table() {
+    let web = services::http("page").await;
+    let stopped = services::closed_port();
+    let pair = Pair::start(
+        &format!(
+            "  web: {{ local_address: {web}, port: 80 }}\n  stopped: {{ local_address: 127.0.0.1:{stopped}, port: 81 }}\n"
+        ),
+        |home, b| home.allow(b, None),
+    );
+    let proxy = pair.b.state.socks;
+    let reply = |host: &'static str, port| async move { socks::connect(proxy, host, port).await.err() };
+    assert_eq!(reply("home.alice.p2p", 80).await, None, "the web service works");
+    assert_eq!(reply("home.alice.p2p", 9999).await, Some(0x05), "unknown port: refused");
+    assert_eq!(reply("nope.alice.p2p", 80).await, Some(0x04), "unknown name: host unreachable");
+    assert_eq!(reply("a.b.c.p2p", 80).await, Some(0x04), "malformed name: host unreachable");
+    assert_eq!(reply("home.alice.p2p", 81).await, Some(0x05), "stopped local service: refused");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bind_and_udp_associate_get_command_not_supported() {
+    let home = Home::init();
+    home.write_config("");
+    let node = Daemon::start(&home);
+    for command in [0x02u8, 0x03] {
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        let mut socket = tokio::net::TcpStream::connect(node.state.socks).await.unwrap();
+        socket.write_all(&[0x05, 0x01, 0x00, 0x05, command, 0x00, 0x01, 127, 0, 0, 1, 0, 80]).await.unwrap();
+        let mut reply = [0u8; 12];
+        socket.read_exact(&mut reply).await.unwrap();
+        assert_eq!(reply[3], 0x07, "command {command:#04x}");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn direct_targets_follow_socks_direct() {
+    let web = services::http("direct").await;
+    let home = Home::init();
+    home.write_config("");
+    let open = Daemon::start(&home);
+    assert!(socks::connect(open.state.socks, "127.0.0.1", web.port()).await.is_ok());
+    drop(open);
+    let closed_home = Home::init();
+    std::fs::write(
+        closed_home.file("config.yaml"),
+        "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, direct: false }\n",
+    )
+    .unwrap();
+    let closed = Daemon::start(&closed_home);
+    assert_eq!(socks::connect(closed.state.socks, "127.0.0.1", web.port()).await.err(), Some(0x02));
+}

@@ -1,0 +1,152 @@
+//! The command line as a user meets it: init, id, auth, config check, and the clear errors
+//! that bad files get.
+
+mod support;
+
+use std::os::unix::fs::PermissionsExt;
+
+use support::{Home, peerup};
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+#[test]
+fn init_creates_a_private_key_and_never_overwrites() {
+    let home = Home::init();
+    let mode = std::fs::metadata(home.file("identity.key")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let before = std::fs::read(home.file("identity.key")).unwrap();
+    std::fs::write(home.file("config.yaml"), "socks: { direct: false }\n").unwrap();
+    let out = peerup(home.path(), &["init"]);
+    assert!(out.status.success());
+    assert_eq!(std::fs::read(home.file("identity.key")).unwrap(), before);
+    assert_eq!(std::fs::read_to_string(home.file("config.yaml")).unwrap(), "socks: { direct: false }\n");
+}
+
+#[test]
+fn id_prints_base58_and_the_base36_dns_label() {
+    let home = Home::init();
+    let out = peerup(home.path(), &["id", "--json"]);
+    let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(value["peer_id"], home.peer_id.as_str());
+    let label = value["dns_label"].as_str().unwrap();
+    assert!(label.starts_with('k') && label.len() <= 63 && label == label.to_lowercase(), "{label}");
+}
+
+#[test]
+fn a_world_readable_key_is_refused_with_the_chmod_to_run() {
+    let home = Home::init();
+    let key = home.file("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    for args in [&["run"][..], &["config", "check"][..]] {
+        let out = peerup(home.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("chmod 600 {}", key.display())), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn a_bad_config_value_names_file_line_and_column() {
+    let home = Home::init();
+    std::fs::write(
+        home.file("config.yaml"),
+        "services:\n  web:\n    local_address: 127.0.0.1:8080\n    port: eighty\n",
+    )
+    .unwrap();
+    for args in [&["run"][..], &["config", "check"][..]] {
+        let out = peerup(home.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        let expected = format!("{}:4:11: services.web.port: invalid type", home.file("config.yaml").display());
+        assert!(err.contains(&expected), "{args:?}: {err}");
+    }
+}
+
+#[test]
+fn an_unknown_key_and_a_port_clash_are_named() {
+    let home = Home::init();
+    std::fs::write(home.file("config.yaml"), "sock: { listen: 127.0.0.1:1080 }\n").unwrap();
+    let err = stderr(&peerup(home.path(), &["config", "check"]));
+    assert!(err.contains("config.yaml:1:1: unknown field `sock`"), "{err}");
+    std::fs::write(
+        home.file("config.yaml"),
+        "services:\n  a: { local_address: 127.0.0.1:22 }\n  b: { local_address: 127.0.0.1:2222, port: 22 }\n",
+    )
+    .unwrap();
+    let err = stderr(&peerup(home.path(), &["config", "check"]));
+    assert!(err.contains("config.yaml: services.b.port: port 22 is already the port of service a"), "{err}");
+}
+
+#[test]
+fn a_bad_authorized_keys_line_is_an_error_with_its_line_number() {
+    let home = Home::init();
+    home.write_private("authorized_keys", &format!("# ok\n{}\n12D3KooWnotapeer\n", home.peer_id));
+    for args in [&["run"][..], &["config", "check"][..]] {
+        let out = peerup(home.path(), args);
+        assert_eq!(out.status.code(), Some(2), "{args:?}");
+        let err = stderr(&out);
+        assert!(err.contains(&format!("{}:3: ", home.file("authorized_keys").display())), "{args:?}: {err}");
+    }
+    home.write_private("authorized_keys", &format!("{} colour=red\n", home.peer_id));
+    let err = stderr(&peerup(home.path(), &["config", "check"]));
+    assert!(err.contains(":1: unknown option \"colour\""), "{err}");
+}
+
+#[test]
+fn a_group_writable_authorized_keys_or_home_is_refused() {
+    let home = Home::init();
+    let keys = home.file("authorized_keys");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o664)).unwrap();
+    let err = stderr(&peerup(home.path(), &["config", "check"]));
+    assert!(err.contains(&format!("chmod go-w {}", keys.display())), "{err}");
+    std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("chmod go-w"), "{}", stderr(&out));
+}
+
+#[test]
+fn auth_add_remove_list_edit_the_file_and_keep_comments() {
+    let home = Home::init();
+    let other = Home::init();
+    home.write_private("authorized_keys", "# my team\n\n");
+    let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--comment", "laptop", "--expires", "2099-12-31"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(home.file("authorized_keys")).unwrap();
+    assert_eq!(text, format!("# my team\n\n{} expires=2099-12-31 # laptop\n", other.peer_id));
+    let mode = std::fs::metadata(home.file("authorized_keys")).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600);
+    let listed = String::from_utf8(peerup(home.path(), &["auth", "list"]).stdout).unwrap();
+    assert!(listed.contains(&other.peer_id) && listed.contains("laptop"), "{listed}");
+    assert!(peerup(home.path(), &["auth", "remove", &other.peer_id]).status.success());
+    assert_eq!(std::fs::read_to_string(home.file("authorized_keys")).unwrap(), "# my team\n\n");
+    let out = peerup(home.path(), &["auth", "remove", &other.peer_id]);
+    assert_eq!(out.status.code(), Some(2), "removing an absent peer is an error");
+}
+
+#[test]
+fn auth_for_a_service_without_its_own_file_says_what_to_add() {
+    let home = Home::init();
+    let other = Home::init();
+    std::fs::write(home.file("config.yaml"), "services:\n  web: { local_address: 127.0.0.1:8080 }\n").unwrap();
+    let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--service", "web"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(stderr(&out).contains("authorized_keys: web_authorized_keys"), "{}", stderr(&out));
+    let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--service", "nope"]);
+    assert_eq!(out.status.code(), Some(2));
+}
+
+#[test]
+fn the_shipped_configs_pass_config_check() {
+    let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    for example in ["configs/peerup.yaml", "configs/reference.yaml"] {
+        let home = Home::init();
+        std::fs::copy(root.join(example), home.file("config.yaml")).unwrap();
+        home.write_private("ssh_authorized_keys", "");
+        let out = peerup(home.path(), &["config", "check"]);
+        assert!(out.status.success(), "{example}: {}", stderr(&out));
+    }
+}

@@ -1,0 +1,215 @@
+//! Test harness: real `peerup` processes in temporary homes, real sockets, no fixed ports.
+//!
+//! A [`Daemon`] is `peerup run` started on a home whose config listens on port 0 everywhere;
+//! it is ready when its log says so, and its bound addresses come from its state.json. The
+//! local services the tests tunnel to are small tokio servers bound to port 0.
+
+#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+
+pub mod services;
+pub mod socks;
+
+use std::io::{BufRead, BufReader};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::{Arc, Condvar, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_peerup");
+/// Generous: CI machines are slow and share two cores between both ends.
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Run `peerup --home HOME ARGS...` to completion.
+pub fn peerup(home: &Path, args: &[&str]) -> Output {
+    Command::new(BIN).arg("--home").arg(home).args(args).env_remove("RUST_LOG").output().expect("run peerup")
+}
+
+/// A fresh home made by `peerup init`, with a config written over the default.
+pub struct Home {
+    pub dir: tempfile::TempDir,
+    pub peer_id: String,
+}
+
+impl Home {
+    pub fn init() -> Home {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let out = peerup(dir.path(), &["init"]);
+        assert!(out.status.success(), "init: {}", String::from_utf8_lossy(&out.stderr));
+        let out = peerup(dir.path(), &["id"]);
+        let peer_id = String::from_utf8(out.stdout).unwrap().lines().next().unwrap().to_owned();
+        Home { dir, peer_id }
+    }
+
+    pub fn path(&self) -> &Path {
+        self.dir.path()
+    }
+
+    pub fn file(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    /// Write config.yaml: loopback listeners on port 0, plus `extra` YAML.
+    pub fn write_config(&self, extra: &str) {
+        let config = format!(
+            "listen: [/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1]\nsocks: {{ listen: 127.0.0.1:0 }}\n{extra}"
+        );
+        std::fs::write(self.file("config.yaml"), config).unwrap();
+    }
+
+    /// `peerup auth add PEER [--service NAME]`.
+    pub fn allow(&self, peer: &str, service: Option<&str>) {
+        let mut args = vec!["auth", "add", peer];
+        if let Some(service) = service {
+            args.extend(["--service", service]);
+        }
+        let out = peerup(self.path(), &args);
+        assert!(out.status.success(), "auth add: {}", String::from_utf8_lossy(&out.stderr));
+    }
+
+    /// Write a private file in the home (0600, as an allow list must be).
+    pub fn write_private(&self, name: &str, contents: &str) {
+        use std::os::unix::fs::PermissionsExt;
+        let path = self.file(name);
+        std::fs::write(&path, contents).unwrap();
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+}
+
+/// Lines a process wrote to stderr, shared with a reader thread.
+/// The lines so far, and whether the stream ended.
+type Lines = Mutex<(Vec<String>, bool)>;
+
+#[derive(Clone, Default)]
+pub struct Log {
+    inner: Arc<(Lines, Condvar)>,
+}
+
+impl Log {
+    fn capture(self, stderr: impl std::io::Read + Send + 'static) {
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                let (lock, cvar) = &*self.inner;
+                lock.lock().unwrap().0.push(line);
+                cvar.notify_all();
+            }
+            let (lock, cvar) = &*self.inner;
+            lock.lock().unwrap().1 = true;
+            cvar.notify_all();
+        });
+    }
+
+    /// Wait until a line matches, or the process ended, or the timeout passed.
+    pub fn wait_for(&self, pred: impl Fn(&str) -> bool, timeout: Duration) -> Option<String> {
+        let deadline = Instant::now() + timeout;
+        let (lock, cvar) = &*self.inner;
+        let mut state = lock.lock().unwrap();
+        loop {
+            if let Some(line) = state.0.iter().find(|l| pred(l)) {
+                return Some(line.clone());
+            }
+            let now = Instant::now();
+            if state.1 || now >= deadline {
+                return None;
+            }
+            state = cvar.wait_timeout(state, deadline - now).unwrap().0;
+        }
+    }
+
+    pub fn lines(&self) -> Vec<String> {
+        self.inner.0.lock().unwrap().0.clone()
+    }
+
+    pub fn text(&self) -> String {
+        self.lines().join("\n")
+    }
+}
+
+#[derive(serde::Deserialize, Debug, Clone)]
+pub struct State {
+    pub peer_id: String,
+    pub peer_label: String,
+    pub socks: SocketAddr,
+    pub libp2p: Vec<String>,
+}
+
+/// A running `peerup run`, killed on drop.
+pub struct Daemon {
+    pub child: Child,
+    pub log: Log,
+    pub state: State,
+}
+
+impl Daemon {
+    /// Start `peerup -v run` on `home` and wait until it is ready.
+    pub fn start(home: &Home) -> Daemon {
+        let mut child = Command::new(BIN)
+            .arg("--home")
+            .arg(home.path())
+            .args(["-v", "run"])
+            .env_remove("RUST_LOG")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("spawn peerup run");
+        let log = Log::default();
+        log.clone().capture(child.stderr.take().unwrap());
+        if log.wait_for(|l| l.contains(" ready "), READY_TIMEOUT).is_none() {
+            let _ = child.kill();
+            panic!("daemon did not become ready:\n{}", log.text());
+        }
+        let text = std::fs::read_to_string(home.file("state.json")).expect("state.json when ready");
+        let state = serde_json::from_str(&text).expect("state.json parses");
+        Daemon { child, log, state }
+    }
+
+    /// The first TCP listen address, as a dialable multiaddr with our peer ID.
+    pub fn tcp_multiaddr(&self) -> String {
+        let addr = self.state.libp2p.iter().find(|a| a.contains("/tcp/")).expect("a TCP listener");
+        format!("{addr}/p2p/{}", self.state.peer_id)
+    }
+
+    pub fn quic_multiaddr(&self) -> String {
+        let addr = self.state.libp2p.iter().find(|a| a.contains("/quic-v1")).expect("a QUIC listener");
+        format!("{addr}/p2p/{}", self.state.peer_id)
+    }
+
+    /// Send SIGTERM and wait for the exit status.
+    pub fn terminate(mut self) -> std::process::ExitStatus {
+        let pid = self.child.id().to_string();
+        let _ = Command::new("kill").args(["-TERM", &pid]).status();
+        self.child.wait().expect("wait for daemon")
+    }
+}
+
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A serving node A with `services` (YAML under `services:`) and a client node B that knows A as
+/// `home.alice` by its TCP address.
+pub struct Pair {
+    pub home_a: Home,
+    pub home_b: Home,
+    pub a: Daemon,
+    pub b: Daemon,
+}
+
+impl Pair {
+    /// `allow` sets up A's lists (B's peer ID given) before A starts.
+    pub fn start(services_yaml: &str, allow: impl FnOnce(&Home, &str)) -> Pair {
+        let home_a = Home::init();
+        let home_b = Home::init();
+        home_a.write_config(&format!("services:\n{services_yaml}"));
+        allow(&home_a, &home_b.peer_id);
+        let a = Daemon::start(&home_a);
+        home_b.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
+        let b = Daemon::start(&home_b);
+        Pair { home_a, home_b, a, b }
+    }
+}

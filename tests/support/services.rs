@@ -1,0 +1,137 @@
+//! Local TCP services for the tests, each bound to 127.0.0.1:0.
+
+use std::net::SocketAddr;
+
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpListener;
+
+/// Deterministic pseudo-random bytes (xorshift64*), so both ends can compute what to expect.
+pub struct Noise(u64);
+
+impl Noise {
+    pub fn new(seed: u64) -> Self {
+        Noise(seed.max(1))
+    }
+
+    pub fn fill(&mut self, buf: &mut [u8]) {
+        for chunk in buf.chunks_mut(8) {
+            self.0 ^= self.0 >> 12;
+            self.0 ^= self.0 << 25;
+            self.0 ^= self.0 >> 27;
+            let word = self.0.wrapping_mul(0x2545_f491_4f6c_dd1d).to_le_bytes();
+            chunk.copy_from_slice(&word[..chunk.len()]);
+        }
+    }
+}
+
+/// SHA-256 of `len` bytes of `Noise::new(seed)`.
+pub fn noise_digest(seed: u64, len: usize) -> [u8; 32] {
+    let mut noise = Noise::new(seed);
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        noise.fill(&mut buf[..n]);
+        hasher.update(&buf[..n]);
+        left -= n;
+    }
+    hasher.finalize().into()
+}
+
+/// Write `len` bytes of `Noise::new(seed)`.
+pub async fn write_noise<W: AsyncWriteExt + Unpin>(w: &mut W, seed: u64, len: usize) -> std::io::Result<()> {
+    let mut noise = Noise::new(seed);
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut left = len;
+    while left > 0 {
+        let n = left.min(buf.len());
+        noise.fill(&mut buf[..n]);
+        w.write_all(&buf[..n]).await?;
+        left -= n;
+    }
+    Ok(())
+}
+
+/// An HTTP server answering every request with `body`.
+pub async fn http(body: &'static str) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match socket.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = socket.write_all(response.as_bytes()).await;
+                let _ = socket.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// An echo server: bytes back as they come; EOF in, then EOF out.
+pub async fn echo() -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.into_split();
+                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+                    let _ = w.shutdown().await;
+                }
+            });
+        }
+    });
+    addr
+}
+
+/// Sends `download` bytes of noise (seed 2) while hashing everything it receives; after the
+/// client's EOF it appends the SHA-256 of what it received, then closes.
+pub async fn exchange(download: usize) -> SocketAddr {
+    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut r, mut w) = socket.into_split();
+                let receive = async move {
+                    let mut hasher = Sha256::new();
+                    let mut buf = vec![0u8; 64 * 1024];
+                    loop {
+                        match r.read(&mut buf).await {
+                            Ok(0) => break,
+                            Ok(n) => hasher.update(&buf[..n]),
+                            Err(_) => return None,
+                        }
+                    }
+                    Some(<[u8; 32]>::from(hasher.finalize()))
+                };
+                let (received, sent) = tokio::join!(receive, write_noise(&mut w, 2, download));
+                if let (Some(digest), Ok(())) = (received, sent) {
+                    let _ = w.write_all(&digest).await;
+                }
+                let _ = w.shutdown().await;
+            });
+        }
+    });
+    addr
+}
+
+/// A port on which nothing listens (bound, then released).
+pub fn closed_port() -> u16 {
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    listener.local_addr().unwrap().port()
+}

@@ -1,0 +1,143 @@
+//! The tunnel path end to end: two `peerup run` nodes on loopback, real curl, real sockets.
+
+mod support;
+
+use std::process::Command;
+use std::sync::Arc;
+
+use sha2::{Digest, Sha256};
+use support::services::{self, noise_digest, write_noise};
+use support::{Pair, socks};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+const PAGE: &str = "<html><body><h1>home of alice</h1></body></html>";
+
+#[tokio::test(flavor = "multi_thread")]
+async fn curl_through_socks_fetches_the_page_served_on_the_other_peer() {
+    let web = services::http(PAGE).await;
+    let pair = Pair::start(
+        &format!("  web: {{ local_address: {web}, port: 80 }}\n"),
+        |home, b| home.allow(b, None),
+    );
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+        .arg(pair.b.state.socks.to_string())
+        .arg("http://home.alice.p2p/")
+        .output()
+        .expect("curl is installed");
+    assert!(out.status.success(), "curl failed: {}\nB:\n{}", String::from_utf8_lossy(&out.stderr), pair.b.log.text());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sixty_four_mib_each_way_arrive_intact_with_half_close() {
+    const SIZE: usize = 64 << 20;
+    let service = services::exchange(SIZE).await;
+    let pair = Pair::start(&format!("  bulk: {{ local_address: {service} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let socket = socks::connect(pair.b.state.socks, "home.alice.p2p", service.port())
+        .await
+        .expect("tunnel opens");
+    let (mut r, mut w) = socket.into_split();
+    let upload = tokio::spawn(async move {
+        write_noise(&mut w, 1, SIZE).await.unwrap();
+        // Our EOF must reach the service through the tunnel: only then does it send its digest.
+        w.shutdown().await.unwrap();
+        w
+    });
+    let mut hasher = Sha256::new();
+    let mut tail = Vec::new();
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0usize;
+    loop {
+        let n = r.read(&mut buf).await.unwrap();
+        if n == 0 {
+            break;
+        }
+        let data = &buf[..n];
+        let body = data.len().min(SIZE.saturating_sub(total));
+        hasher.update(&data[..body]);
+        tail.extend_from_slice(&data[body..]);
+        total += n;
+    }
+    let _w = upload.await.unwrap();
+    assert_eq!(total, SIZE + 32, "download size plus the service's digest");
+    assert_eq!(<[u8; 32]>::from(hasher.finalize()), noise_digest(2, SIZE), "download intact");
+    assert_eq!(tail, noise_digest(1, SIZE), "the service received our upload intact");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn two_hundred_concurrent_tunnels_all_complete() {
+    const N: usize = 200;
+    const EACH: usize = 64 * 1024;
+    let echo = services::echo().await;
+    let pair = Pair::start(&format!("  echo: {{ local_address: {echo} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let proxy = pair.b.state.socks;
+    // Every tunnel is open before any sends: 200 streams at once on one connection.
+    let all_open = Arc::new(tokio::sync::Barrier::new(N));
+    let mut tasks = Vec::new();
+    for i in 0..N {
+        let all_open = all_open.clone();
+        tasks.push(tokio::spawn(async move {
+            let socket = socks::connect(proxy, "home.alice.p2p", echo.port()).await;
+            all_open.wait().await;
+            let (mut r, mut w) = socket.map_err(|code| format!("tunnel {i}: reply {code:#04x}"))?.into_split();
+            let send = async move {
+                write_noise(&mut w, i as u64 + 10, EACH).await?;
+                w.shutdown().await
+            };
+            let mut back = Vec::new();
+            let (sent, got) = tokio::join!(send, r.read_to_end(&mut back));
+            sent.map_err(|e| format!("tunnel {i}: {e}"))?;
+            got.map_err(|e| format!("tunnel {i}: {e}"))?;
+            if Sha256::digest(&back).as_slice() != noise_digest(i as u64 + 10, EACH) {
+                return Err(format!("tunnel {i}: echo differs ({} bytes back)", back.len()));
+            }
+            Ok::<(), String>(())
+        }));
+    }
+    let mut failures = Vec::new();
+    for task in tasks {
+        if let Err(e) = task.await.unwrap() {
+            failures.push(e);
+        }
+    }
+    assert!(failures.is_empty(), "{} of {N} failed: {failures:?}\nA:\n{}", failures.len(), pair.a.log.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn bytes_sent_before_the_reply_are_delivered() {
+    let echo = services::echo().await;
+    let pair = Pair::start(&format!("  echo: {{ local_address: {echo} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let early = b"sent before the SOCKS reply";
+    let mut socket =
+        socks::connect_with_early(pair.b.state.socks, "home.alice.p2p", echo.port(), early)
+            .await
+            .expect("tunnel opens");
+    socket.shutdown().await.unwrap();
+    let mut back = Vec::new();
+    socket.read_to_end(&mut back).await.unwrap();
+    assert_eq!(back, early);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_reached_over_quic_serves_too() {
+    let web = services::http(PAGE).await;
+    let home_a = support::Home::init();
+    let home_b = support::Home::init();
+    home_a.write_config(&format!("services:\n  web: {{ local_address: {web}, port: 80 }}\n"));
+    home_a.allow(&home_b.peer_id, None);
+    let a = support::Daemon::start(&home_a);
+    home_b.write_config(&format!("names:\n  home.alice: {}\n", a.quic_multiaddr()));
+    let b = support::Daemon::start(&home_b);
+    let mut socket = socks::connect(b.state.socks, "home.alice.p2p", 80).await.expect("tunnel over QUIC");
+    socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    let mut response = String::new();
+    socket.read_to_string(&mut response).await.unwrap();
+    assert!(response.ends_with(PAGE), "{response}");
+}
