@@ -25,7 +25,8 @@ async fn unauthorized_peer_gets_socks_not_allowed_and_is_closed_at_the_handshake
         Duration::from_secs(10),
     );
     assert!(refused.is_some(), "A logs the refusal:\n{}", a.log.text());
-    let streams: Vec<_> = a.log.lines().into_iter().filter(|l| l.contains("inbound tunnel stream")).collect();
+    let streams: Vec<_> =
+        a.log.lines().into_iter().filter(|l| l.contains("inbound tunnel stream")).collect();
     assert!(streams.is_empty(), "no stream reached A's handler: {streams:?}");
 }
 
@@ -42,8 +43,15 @@ async fn a_peer_allowed_for_web_only_is_refused_on_the_ssh_port() {
     let proxy = pair.b.state.socks;
     assert!(socks::connect(proxy, "home.alice.p2p", 80).await.is_ok(), "web is allowed");
     assert_eq!(socks::connect(proxy, "home.alice.p2p", 22).await.err(), Some(0x02), "ssh is not");
-    let logged = pair.a.log.wait_for(|l| l.contains("not authorized for this service"), Duration::from_secs(10));
-    assert!(logged.is_some_and(|l| l.contains("ssh")), "A names the service:\n{}", pair.a.log.text());
+    let logged = pair
+        .a
+        .log
+        .wait_for(|l| l.contains("not authorized for this service"), Duration::from_secs(10));
+    assert!(
+        logged.is_some_and(|l| l.contains("ssh")),
+        "A names the service:\n{}",
+        pair.a.log.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -57,7 +65,8 @@ async fn failures_get_the_reply_codes_of_the_product_table() {
         |home, b| home.allow(b, None),
     );
     let proxy = pair.b.state.socks;
-    let reply = |host: &'static str, port| async move { socks::connect(proxy, host, port).await.err() };
+    let reply =
+        |host: &'static str, port| async move { socks::connect(proxy, host, port).await.err() };
     assert_eq!(reply("home.alice.p2p", 80).await, None, "the web service works");
     assert_eq!(reply("home.alice.p2p", 9999).await, Some(0x05), "unknown port: refused");
     assert_eq!(reply("nope.alice.p2p", 80).await, Some(0x04), "unknown name: host unreachable");
@@ -73,7 +82,10 @@ async fn bind_and_udp_associate_get_command_not_supported() {
     for command in [0x02u8, 0x03] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
         let mut socket = tokio::net::TcpStream::connect(node.state.socks).await.unwrap();
-        socket.write_all(&[0x05, 0x01, 0x00, 0x05, command, 0x00, 0x01, 127, 0, 0, 1, 0, 80]).await.unwrap();
+        socket
+            .write_all(&[0x05, 0x01, 0x00, 0x05, command, 0x00, 0x01, 127, 0, 0, 1, 0, 80])
+            .await
+            .unwrap();
         let mut reply = [0u8; 12];
         socket.read_exact(&mut reply).await.unwrap();
         assert_eq!(reply[3], 0x07, "command {command:#04x}");

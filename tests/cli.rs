@@ -21,7 +21,10 @@ fn init_creates_a_private_key_and_never_overwrites() {
     let out = peerup(home.path(), &["init"]);
     assert!(out.status.success());
     assert_eq!(std::fs::read(home.file("identity.key")).unwrap(), before);
-    assert_eq!(std::fs::read_to_string(home.file("config.yaml")).unwrap(), "socks: { direct: false }\n");
+    assert_eq!(
+        std::fs::read_to_string(home.file("config.yaml")).unwrap(),
+        "socks: { direct: false }\n"
+    );
 }
 
 #[test]
@@ -31,7 +34,10 @@ fn id_prints_base58_and_the_base36_dns_label() {
     let value: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     assert_eq!(value["peer_id"], home.peer_id.as_str());
     let label = value["dns_label"].as_str().unwrap();
-    assert!(label.starts_with('k') && label.len() <= 63 && label == label.to_lowercase(), "{label}");
+    assert!(
+        label.starts_with('k') && label.len() <= 63 && label == label.to_lowercase(),
+        "{label}"
+    );
 }
 
 #[test]
@@ -59,7 +65,8 @@ fn a_bad_config_value_names_file_line_and_column() {
         let out = peerup(home.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr(&out);
-        let expected = format!("{}:4:11: services.web.port: invalid type", home.file("config.yaml").display());
+        let expected =
+            format!("{}:4:11: services.web.port: invalid type", home.file("config.yaml").display());
         assert!(err.contains(&expected), "{args:?}: {err}");
     }
 }
@@ -76,7 +83,10 @@ fn an_unknown_key_and_a_port_clash_are_named() {
     )
     .unwrap();
     let err = stderr(&peerup(home.path(), &["config", "check"]));
-    assert!(err.contains("config.yaml: services.b.port: port 22 is already the port of service a"), "{err}");
+    assert!(
+        err.contains("config.yaml: services.b.port: port 22 is already the port of service a"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -87,7 +97,10 @@ fn a_bad_authorized_keys_line_is_an_error_with_its_line_number() {
         let out = peerup(home.path(), args);
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr(&out);
-        assert!(err.contains(&format!("{}:3: ", home.file("authorized_keys").display())), "{args:?}: {err}");
+        assert!(
+            err.contains(&format!("{}:3: ", home.file("authorized_keys").display())),
+            "{args:?}: {err}"
+        );
     }
     home.write_private("authorized_keys", &format!("{} colour=red\n", home.peer_id));
     let err = stderr(&peerup(home.path(), &["config", "check"]));
@@ -113,7 +126,10 @@ fn auth_add_remove_list_edit_the_file_and_keep_comments() {
     let home = Home::init();
     let other = Home::init();
     home.write_private("authorized_keys", "# my team\n\n");
-    let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--comment", "laptop", "--expires", "2099-12-31"]);
+    let out = peerup(
+        home.path(),
+        &["auth", "add", &other.peer_id, "--comment", "laptop", "--expires", "2099-12-31"],
+    );
     assert!(out.status.success(), "{}", stderr(&out));
     let text = std::fs::read_to_string(home.file("authorized_keys")).unwrap();
     assert_eq!(text, format!("# my team\n\n{} expires=2099-12-31 # laptop\n", other.peer_id));
@@ -131,7 +147,11 @@ fn auth_add_remove_list_edit_the_file_and_keep_comments() {
 fn auth_for_a_service_without_its_own_file_says_what_to_add() {
     let home = Home::init();
     let other = Home::init();
-    std::fs::write(home.file("config.yaml"), "services:\n  web: { local_address: 127.0.0.1:8080 }\n").unwrap();
+    std::fs::write(
+        home.file("config.yaml"),
+        "services:\n  web: { local_address: 127.0.0.1:8080 }\n",
+    )
+    .unwrap();
     let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--service", "web"]);
     assert!(out.status.success(), "{}", stderr(&out));
     assert!(stderr(&out).contains("authorized_keys: web_authorized_keys"), "{}", stderr(&out));

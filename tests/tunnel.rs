@@ -15,17 +15,21 @@ const PAGE: &str = "<html><body><h1>home of alice</h1></body></html>";
 #[tokio::test(flavor = "multi_thread")]
 async fn curl_through_socks_fetches_the_page_served_on_the_other_peer() {
     let web = services::http(PAGE).await;
-    let pair = Pair::start(
-        &format!("  web: {{ local_address: {web}, port: 80 }}\n"),
-        |home, b| home.allow(b, None),
-    );
+    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+        home.allow(b, None)
+    });
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20", "--socks5-hostname"])
         .arg(pair.b.state.socks.to_string())
         .arg("http://home.alice.p2p/")
         .output()
         .expect("curl is installed");
-    assert!(out.status.success(), "curl failed: {}\nB:\n{}", String::from_utf8_lossy(&out.stderr), pair.b.log.text());
+    assert!(
+        out.status.success(),
+        "curl failed: {}\nB:\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        pair.b.log.text()
+    );
     assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE);
 }
 
@@ -84,7 +88,8 @@ async fn two_hundred_concurrent_tunnels_all_complete() {
         tasks.push(tokio::spawn(async move {
             let socket = socks::connect(proxy, "home.alice.p2p", echo.port()).await;
             all_open.wait().await;
-            let (mut r, mut w) = socket.map_err(|code| format!("tunnel {i}: reply {code:#04x}"))?.into_split();
+            let (mut r, mut w) =
+                socket.map_err(|code| format!("tunnel {i}: reply {code:#04x}"))?.into_split();
             let send = async move {
                 write_noise(&mut w, i as u64 + 10, EACH).await?;
                 w.shutdown().await
@@ -105,7 +110,12 @@ async fn two_hundred_concurrent_tunnels_all_complete() {
             failures.push(e);
         }
     }
-    assert!(failures.is_empty(), "{} of {N} failed: {failures:?}\nA:\n{}", failures.len(), pair.a.log.text());
+    assert!(
+        failures.is_empty(),
+        "{} of {N} failed: {failures:?}\nA:\n{}",
+        failures.len(),
+        pair.a.log.text()
+    );
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -135,9 +145,50 @@ async fn a_peer_reached_over_quic_serves_too() {
     let a = support::Daemon::start(&home_a);
     home_b.write_config(&format!("names:\n  home.alice: {}\n", a.quic_multiaddr()));
     let b = support::Daemon::start(&home_b);
-    let mut socket = socks::connect(b.state.socks, "home.alice.p2p", 80).await.expect("tunnel over QUIC");
+    let mut socket =
+        socks::connect(b.state.socks, "home.alice.p2p", 80).await.expect("tunnel over QUIC");
     socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut response = String::new();
     socket.read_to_string(&mut response).await.unwrap();
     assert!(response.ends_with(PAGE), "{response}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
+    let echo = services::echo().await;
+    let pair = Pair::start(&format!("  echo: {{ local_address: {echo} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let Pair { a, b, home_a: _home_a, home_b: _home_b } = pair;
+    let mut open =
+        socks::connect(b.state.socks, "home.alice.p2p", echo.port()).await.expect("tunnel");
+    open.write_all(b"before").await.unwrap();
+    let mut buf = [0u8; 6];
+    open.read_exact(&mut buf).await.unwrap();
+
+    // A, the serving side, is asked to stop while the tunnel is open.
+    let pid = a.child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let draining =
+        a.log.wait_for(|l| l.contains("no longer accepting"), std::time::Duration::from_secs(10));
+    assert!(draining.is_some(), "A starts draining:\n{}", a.log.text());
+    let refused = socks::connect(b.state.socks, "home.alice.p2p", echo.port()).await.err();
+    assert_eq!(
+        refused,
+        Some(0x01),
+        "a new tunnel to a draining node is refused (busy):\n{}\n{}",
+        b.log.text(),
+        a.log.text()
+    );
+
+    // The open tunnel still carries bytes both ways and closes cleanly.
+    open.write_all(b" and after").await.unwrap();
+    open.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    open.read_to_end(&mut rest).await.unwrap();
+    assert_eq!(rest, b" and after");
+
+    // With its last tunnel done, A exits 0.
+    let status = a.wait();
+    assert!(status.success(), "A exits cleanly: {status:?}");
 }

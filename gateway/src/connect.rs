@@ -66,9 +66,10 @@ impl Gateway {
         let mut stream = stream.compat();
         let exchange = async {
             use tokio::io::AsyncWriteExt;
-            stream.write_all(&Request::Port(port).encode()).await?;
-            stream.flush().await?;
-            Response::read(&mut stream).await.map_err(std::io::Error::other)
+            let sent = stream.write_all(&Request::Port(port).encode()).await;
+            // Even when the write failed, the peer may have answered before closing: read it.
+            let response = Response::read(&mut stream).await.map_err(std::io::Error::other);
+            response.map_err(|e| sent.err().unwrap_or(e))
         };
         let response = match tokio::time::timeout(self.connect_timeout, exchange).await {
             Ok(Ok(response)) => response,

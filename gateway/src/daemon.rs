@@ -103,75 +103,115 @@ pub struct State {
     pub libp2p: Vec<String>,
 }
 
-/// Run the gateway until SIGINT or SIGTERM.
+/// Run the gateway until SIGINT or SIGTERM, then drain.
 pub async fn run(home: Home) -> Result<(), StartError> {
     if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
         warn!("running as root: peerup never needs root; run it as your user");
     }
-    let Loaded { config, keypair, lists, names } = load(&home)?;
-    let peer = keypair.public().to_peer_id();
-    let access = Arc::new(Access::new(lists));
-    let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-    let (mut node, control) = Node::build(keypair, access.clone(), inbound_tx)?;
-    let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
-    node.listen(&listen).await?;
-    let socks_config = SocksConfig {
-        handshake_timeout: config.socks.handshake_timeout.0,
-        ..SocksConfig::default()
-    };
-    let socks = SocksServer::bind(config.socks.listen, socks_config)
-        .await
-        .map_err(|source| StartError::Socks { addr: config.socks.listen, source })?;
-    let socks_addr = socks
-        .local_addr()
-        .map_err(|source| StartError::Socks { addr: config.socks.listen, source })?;
-
-    let accepting = CancellationToken::new();
-    let stop_node = CancellationToken::new();
-    let tasks = TaskTracker::new();
-    let limits = StreamLimits {
-        per_peer: config.limits.streams_per_peer,
-        total: config.limits.streams_total,
-        connect_timeout: config.limits.connect_timeout.0,
-    };
-    let host = ServiceHost::new(ServiceTable::from_config(&config), access.clone(), limits);
-    let tiers = Tiers::new(vec![Arc::new(names) as Arc<dyn Resolve>]);
-    let gateway = Arc::new(Gateway {
-        tiers,
-        control,
-        access,
-        suffix: crate::config::suffix(),
-        direct: config.socks.direct,
-        connect_timeout: config.limits.connect_timeout.0,
-    });
-
-    let addrs = node.addresses();
-    write_state(&home, &state_of(peer, socks_addr, &addrs.borrow()));
-    let node_task = tokio::spawn(node.run(stop_node.clone()));
-    let host_task = tokio::spawn(host.run(inbound_rx, accepting.clone(), tasks.clone()));
-    let socks_task = tokio::spawn(socks.run(gateway, accepting.clone(), tasks.clone()));
-    let state_task =
-        tokio::spawn(keep_state(home.clone(), peer, socks_addr, addrs, stop_node.clone()));
-    info!(%peer, socks = %socks_addr, services = config.services.len(), "ready");
-
+    let daemon = Daemon::start(home).await?;
     shutdown_signal().await;
-    info!(
-        "shutting down: no new connections; open tunnels get {:?}",
-        config.limits.shutdown_grace.0
-    );
-    accepting.cancel();
-    let _ = socks_task.await;
-    let _ = host_task.await;
-    tasks.close();
-    if tokio::time::timeout(config.limits.shutdown_grace.0, tasks.wait()).await.is_err() {
-        warn!(open = tasks.len(), "tunnels still open at the deadline: closing them");
-    }
-    stop_node.cancel();
-    let _ = node_task.await;
-    let _ = state_task.await;
-    let _ = std::fs::remove_file(home.state());
-    info!("stopped");
+    daemon.shutdown().await;
     Ok(())
+}
+
+/// A running gateway: every listener bound, state.json written.
+#[derive(Debug)]
+pub struct Daemon {
+    home: Home,
+    state: State,
+    grace: std::time::Duration,
+    accepting: CancellationToken,
+    stop_node: CancellationToken,
+    tasks: TaskTracker,
+    accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    background: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl Daemon {
+    /// Load `home`, bind every listener, write state.json, and start serving.
+    pub async fn start(home: Home) -> Result<Daemon, StartError> {
+        let Loaded { config, keypair, lists, names } = load(&home)?;
+        let peer = keypair.public().to_peer_id();
+        let access = Arc::new(Access::new(lists));
+        let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
+        let (mut node, control) = Node::build(keypair, access.clone(), inbound_tx)?;
+        let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
+        node.listen(&listen).await?;
+        let socks_config = SocksConfig {
+            handshake_timeout: config.socks.handshake_timeout.0,
+            ..SocksConfig::default()
+        };
+        let socks_error = |source| StartError::Socks { addr: config.socks.listen, source };
+        let socks =
+            SocksServer::bind(config.socks.listen, socks_config).await.map_err(socks_error)?;
+        let socks_addr = socks.local_addr().map_err(socks_error)?;
+
+        let limits = StreamLimits {
+            per_peer: config.limits.streams_per_peer,
+            total: config.limits.streams_total,
+            connect_timeout: config.limits.connect_timeout.0,
+        };
+        let host = ServiceHost::new(ServiceTable::from_config(&config), access.clone(), limits);
+        let gateway = Arc::new(Gateway {
+            tiers: Tiers::new(vec![Arc::new(names) as Arc<dyn Resolve>]),
+            control,
+            access,
+            suffix: crate::config::suffix(),
+            direct: config.socks.direct,
+            connect_timeout: config.limits.connect_timeout.0,
+        });
+
+        let accepting = CancellationToken::new();
+        let stop_node = CancellationToken::new();
+        let tasks = TaskTracker::new();
+        let addrs = node.addresses();
+        let state = state_of(peer, socks_addr, &addrs.borrow());
+        write_state(&home, &state);
+        let background = vec![
+            tokio::spawn(node.run(stop_node.clone())),
+            tokio::spawn(keep_state(home.clone(), peer, socks_addr, addrs, stop_node.clone())),
+        ];
+        let accept_loops = vec![
+            tokio::spawn(host.run(inbound_rx, accepting.clone(), tasks.clone())),
+            tokio::spawn(socks.run(gateway, accepting.clone(), tasks.clone())),
+        ];
+        info!(%peer, socks = %socks_addr, services = config.services.len(), "ready");
+        Ok(Daemon {
+            home,
+            state,
+            grace: config.limits.shutdown_grace.0,
+            accepting,
+            stop_node,
+            tasks,
+            accept_loops,
+            background,
+        })
+    }
+
+    /// Bound addresses and identity, as written to state.json.
+    pub fn state(&self) -> &State {
+        &self.state
+    }
+
+    /// Stop accepting, give open tunnels the grace period, stop the node, remove state.json.
+    pub async fn shutdown(self) {
+        info!("shutting down");
+        self.accepting.cancel();
+        for task in self.accept_loops {
+            let _ = task.await;
+        }
+        self.tasks.close();
+        info!(open = self.tasks.len(), grace = ?self.grace, "no longer accepting; draining open tunnels");
+        if tokio::time::timeout(self.grace, self.tasks.wait()).await.is_err() {
+            warn!(open = self.tasks.len(), "tunnels still open at the deadline: closing them");
+        }
+        self.stop_node.cancel();
+        for task in self.background {
+            let _ = task.await;
+        }
+        let _ = std::fs::remove_file(self.home.state());
+        info!("stopped");
+    }
 }
 
 /// Rewrite state.json whenever the listen addresses change.

@@ -186,6 +186,13 @@ impl Response {
         io.write_all(&self.encode()).await?;
         io.flush().await
     }
+
+    /// Write a refusal and close our side. Closing (FIN) rather than dropping matters: a
+    /// dropped yamux stream is reset, and a reset can overtake the answer.
+    pub async fn refuse<W: AsyncWrite + Unpin>(&self, io: &mut W) -> std::io::Result<()> {
+        self.write(io).await?;
+        io.shutdown().await
+    }
 }
 
 impl fmt::Display for Request {

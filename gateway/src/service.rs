@@ -168,7 +168,7 @@ impl ServiceHost {
             Ok(Err(error)) => {
                 info!(%error, "bad tunnel request");
                 let _ =
-                    Response::new(Status::BadRequest, error.to_string()).write(&mut stream).await;
+                    Response::new(Status::BadRequest, error.to_string()).refuse(&mut stream).await;
                 return;
             }
             Err(_) => return debug!("no tunnel request in time"),
@@ -176,20 +176,21 @@ impl ServiceHost {
         let Some(service) = self.table.find(&request) else {
             info!(%request, "no such service");
             let _ =
-                Response::new(Status::NoSuchService, "no such service").write(&mut stream).await;
+                Response::new(Status::NoSuchService, "no such service").refuse(&mut stream).await;
             return;
         };
         Span::current().record("service", service.name.as_str());
         if !self.access.may_use(&service.name, &inbound.peer) {
             info!("refused: peer is not authorized for this service");
-            let _ = Response::new(Status::NotAuthorized, "not authorized").write(&mut stream).await;
+            let _ =
+                Response::new(Status::NotAuthorized, "not authorized").refuse(&mut stream).await;
             return;
         }
         let mut local = match self.connect_local(&service.local).await {
             Ok(local) => local,
             Err(response) => {
                 info!(local = %service.local, reason = %response.reason, "service unavailable");
-                let _ = response.write(&mut stream).await;
+                let _ = response.refuse(&mut stream).await;
                 return;
             }
         };

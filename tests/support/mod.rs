@@ -22,7 +22,13 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 
 /// Run `peerup --home HOME ARGS...` to completion.
 pub fn peerup(home: &Path, args: &[&str]) -> Output {
-    Command::new(BIN).arg("--home").arg(home).args(args).env_remove("RUST_LOG").output().expect("run peerup")
+    Command::new(BIN)
+        .arg("--home")
+        .arg(home)
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .expect("run peerup")
 }
 
 /// A fresh home made by `peerup init`, with a config written over the default.
@@ -172,8 +178,14 @@ impl Daemon {
     }
 
     pub fn quic_multiaddr(&self) -> String {
-        let addr = self.state.libp2p.iter().find(|a| a.contains("/quic-v1")).expect("a QUIC listener");
+        let addr =
+            self.state.libp2p.iter().find(|a| a.contains("/quic-v1")).expect("a QUIC listener");
         format!("{addr}/p2p/{}", self.state.peer_id)
+    }
+
+    /// Wait for the process to exit.
+    pub fn wait(mut self) -> std::process::ExitStatus {
+        self.child.wait().expect("wait for daemon")
     }
 
     /// Send SIGTERM and wait for the exit status.

@@ -41,7 +41,11 @@ pub fn noise_digest(seed: u64, len: usize) -> [u8; 32] {
 }
 
 /// Write `len` bytes of `Noise::new(seed)`.
-pub async fn write_noise<W: AsyncWriteExt + Unpin>(w: &mut W, seed: u64, len: usize) -> std::io::Result<()> {
+pub async fn write_noise<W: AsyncWriteExt + Unpin>(
+    w: &mut W,
+    seed: u64,
+    len: usize,
+) -> std::io::Result<()> {
     let mut noise = Noise::new(seed);
     let mut buf = vec![0u8; 64 * 1024];
     let mut left = len;

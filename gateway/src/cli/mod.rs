@@ -121,8 +121,9 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init => admin::init(&home),
         Command::Id { json } => admin::id(&home, json),
-        Command::Run => runtime()
-            .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage)),
+        Command::Run => {
+            runtime().and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage))
+        }
         Command::Auth { action } => admin::auth(&home, action),
         Command::Resolve { name } => {
             runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name)))

@@ -32,7 +32,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
-use crate::protocol::{self, Response, Status};
+use crate::protocol::{self, Request, Response, Status};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(protocol::PROTOCOL);
 
@@ -196,11 +196,16 @@ impl Behaviour {
     }
 }
 
-/// Answer a stream we will not serve, so the opener gets a reason instead of a reset.
+/// Answer a stream we will not serve, so the opener gets a reason instead of a reset. The
+/// request is read first: answering and closing before the opener finished writing it would
+/// fail the opener's write instead of delivering our answer.
 pub async fn refuse(stream: Stream, status: Status, reason: &'static str) {
     let mut stream = stream.compat();
-    let answer = Response::new(status, reason);
-    let _ = tokio::time::timeout(Duration::from_secs(5), answer.write(&mut stream)).await;
+    let answer = async {
+        let _ = Request::read(&mut stream).await;
+        Response::new(status, reason).refuse(&mut stream).await
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(5), answer).await;
 }
 
 impl NetworkBehaviour for Behaviour {
