@@ -109,3 +109,109 @@ async fn direct_targets_follow_socks_direct() {
     let closed = Daemon::start(&closed_home);
     assert_eq!(socks::connect(closed.state.socks, "127.0.0.1", web.port()).await.err(), Some(0x02));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_peer_we_dialled_still_needs_our_services_list() {
+    // B allows A to connect nowhere; B dials A. A then tries B's service over that connection.
+    let echo_a = services::echo().await;
+    let echo_b = services::echo().await;
+    let home_a = Home::init();
+    let home_b = Home::init();
+    home_a.write_config(&format!(
+        "services:\n  echo: {{ local_address: {echo_a} }}\nnames:\n  laptop.bob: {}\n",
+        home_b.peer_id
+    ));
+    home_a.allow(&home_b.peer_id, None);
+    let a = Daemon::start(&home_a);
+    home_b.write_config(&format!(
+        "services:\n  echo: {{ local_address: {echo_b} }}\nnames:\n  home.alice: {}\n",
+        a.tcp_multiaddr()
+    ));
+    let b = Daemon::start(&home_b);
+    let _b_to_a =
+        socks::connect(b.state.socks, "home.alice.p2p", echo_a.port()).await.expect("B reaches A");
+    let reply = socks::connect(a.state.socks, "laptop.bob.p2p", echo_b.port()).await.err();
+    assert_eq!(reply, Some(0x02), "A may not use B's service although B dialled A");
+    let logged =
+        b.log.wait_for(|l| l.contains("not authorized for this service"), Duration::from_secs(10));
+    assert!(logged.is_some(), "B checked the stream:\n{}", b.log.text());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn streams_past_the_limits_are_refused_not_dropped() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = services::echo().await;
+    let pair = Pair::start(
+        &format!(
+            "  echo: {{ local_address: {echo} }}\nlimits: {{ streams_per_peer: 2, streams_total: 2 }}\n"
+        ),
+        |home, b| home.allow(b, None),
+    );
+    let proxy = pair.b.state.socks;
+    let first = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("first");
+    let _second = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("second");
+    assert_eq!(
+        socks::connect(proxy, "home.alice.p2p", echo.port()).await.err(),
+        Some(0x01),
+        "third: busy"
+    );
+    let busy = pair.a.log.wait_for(|l| l.contains("stream limit reached"), Duration::from_secs(10));
+    assert!(busy.is_some(), "A says why:\n{}", pair.a.log.text());
+    // End the first tunnel both ways; A frees its slot as its bridge finishes, around the time
+    // our EOF arrives, so a few refusals may still race it.
+    let mut first = first;
+    first.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).await.unwrap();
+    let mut again = None;
+    for _ in 0..50 {
+        match socks::connect(proxy, "home.alice.p2p", echo.port()).await {
+            Ok(socket) => {
+                again = Some(socket);
+                break;
+            }
+            Err(0x01) => tokio::task::yield_now().await,
+            Err(code) => panic!("unexpected reply {code:#04x}"),
+        }
+    }
+    assert!(again.is_some(), "a slot frees when a tunnel closes");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let web = services::http("still here").await;
+    let home = Home::init();
+    home.write_config("");
+    let node = Daemon::start(&home);
+    let garbage: &[&[u8]] = &[
+        b"GET / HTTP/1.1\r\n\r\n",
+        &[0x05],
+        &[0x05, 0x00],
+        &[0x05, 0xff, 0x01],
+        &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x09, 1, 2, 3, 4],
+        &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, 0x00, 0x00, 0x50],
+        &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, 0x02, 0xff, 0xfe, 0x00, 0x50],
+        &[0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, 0],
+    ];
+    for bytes in garbage {
+        let mut socket = tokio::net::TcpStream::connect(node.state.socks).await.unwrap();
+        socket.write_all(bytes).await.unwrap();
+        socket.shutdown().await.unwrap();
+        let mut reply = Vec::new();
+        let read =
+            tokio::time::timeout(Duration::from_secs(15), socket.read_to_end(&mut reply)).await;
+        assert!(read.is_ok(), "{bytes:?}: the proxy closes instead of hanging");
+        assert!(
+            reply.len() <= 12,
+            "{bytes:?}: at most a method choice and a failure reply: {reply:?}"
+        );
+        if reply.len() > 2 {
+            assert_ne!(reply.get(3), Some(&0x00), "{bytes:?}: never a success reply");
+        }
+    }
+    assert!(
+        socks::connect(node.state.socks, "127.0.0.1", web.port()).await.is_ok(),
+        "still serving"
+    );
+}
