@@ -185,8 +185,14 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
     open.write_all(b" and after").await.unwrap();
     open.shutdown().await.unwrap();
     let mut rest = Vec::new();
-    open.read_to_end(&mut rest).await.unwrap();
-    assert_eq!(rest, b" and after");
+    let read = open.read_to_end(&mut rest).await;
+    assert!(
+        read.is_ok() && rest == b" and after",
+        "{read:?} {:?}\nA:\n{}\nB:\n{}",
+        String::from_utf8_lossy(&rest),
+        a.log.text(),
+        b.log.text()
+    );
 
     // With its last tunnel done, A exits 0.
     let status = a.wait();

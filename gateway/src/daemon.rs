@@ -145,6 +145,9 @@ impl Daemon {
         let socks =
             SocksServer::bind(config.socks.listen, socks_config).await.map_err(socks_error)?;
         let socks_addr = socks.local_addr().map_err(socks_error)?;
+        if !socks_addr.ip().is_loopback() {
+            warn!(%socks_addr, "the SOCKS listener is not on loopback: other machines can use it");
+        }
 
         let limits = StreamLimits {
             per_peer: config.limits.streams_per_peer,

@@ -32,6 +32,8 @@ const MAX_STREAMS_PER_CONNECTION: usize = 1024;
 const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Inbound streams in protocol negotiation at once, per connection.
 const MAX_NEGOTIATING_INBOUND: usize = 1024;
+/// Time for connections to close gracefully at shutdown.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
 /// Time for every listener to report its first address.
 const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -168,11 +170,11 @@ impl Node {
         });
     }
 
-    /// Drive the swarm until `stop` is cancelled.
+    /// Drive the swarm until `stop` is cancelled, then close every connection gracefully.
     pub async fn run(mut self, stop: CancellationToken) {
         loop {
             let event = tokio::select! {
-                () = stop.cancelled() => return,
+                () = stop.cancelled() => return self.close_all().await,
                 event = self.swarm.select_next_some() => event,
             };
             let listener_change = matches!(
@@ -185,6 +187,24 @@ impl Node {
             if listener_change {
                 self.publish_addresses();
             }
+        }
+    }
+
+    /// Close every connection and wait until they are closed: a tunnel that finished has its
+    /// last bytes and FIN queued in yamux, and only a graceful close flushes them to the wire.
+    async fn close_all(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            let _ = self.swarm.disconnect_peer_id(peer);
+        }
+        let closing = async {
+            while self.swarm.network_info().num_peers() > 0 {
+                let event = self.swarm.select_next_some().await;
+                self.on_event(event);
+            }
+        };
+        if tokio::time::timeout(CLOSE_TIMEOUT, closing).await.is_err() {
+            warn!("connections did not close in time");
         }
     }
 
