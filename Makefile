@@ -1,14 +1,14 @@
 # One source of truth for tooling: CI runs `make test` exactly as written here.
 CARGO ?= cargo
 PEERUP = target/debug/peerup
-HOME_ARG = $(if $(PEERUP_HOME), --home $(PEERUP_HOME),)
 
 .PHONY: run test build fmt lint unit check-tools clean
 
-## run: build, create an identity and config if missing, and run the gateway (SOCKS5 on 127.0.0.1:1080)
+## run: build, create an identity and config if missing, and run the gateway (SOCKS5 on
+## 127.0.0.1:1080). The home is ~/.config/peerup, or PEERUP_HOME if set.
 run: build
-	$(PEERUP)$(HOME_ARG) init
-	$(PEERUP)$(HOME_ARG) run
+	$(PEERUP) init
+	$(PEERUP) run
 
 build:
 	$(CARGO) build -p peerup
