@@ -54,7 +54,8 @@ async fn main() -> anyhow::Result<()> {
     )?;
     let b = Daemon::start(home_b).await?;
 
-    let mut socket = connect_via(b.state().socks, "home.alice.p2p", 7).await?;
+    let socks = b.state().socks.ok_or_else(|| anyhow::anyhow!("B has no SOCKS listener"))?;
+    let mut socket = connect_via(socks, "home.alice.p2p", 7).await?;
     let mut reply = String::new();
     socket.read_to_string(&mut reply).await?;
     print!("B reached home.alice.p2p:7 and read: {reply}");

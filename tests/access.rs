@@ -18,7 +18,7 @@ async fn unauthorized_peer_gets_socks_not_allowed_and_is_closed_at_the_handshake
     home_c.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
     let c = Daemon::start(&home_c);
 
-    let reply = socks::connect(c.state.socks, "home.alice.p2p", 80).await.err();
+    let reply = socks::connect(c.socks(), "home.alice.p2p", 80).await.err();
     assert_eq!(reply, Some(0x02), "SOCKS 0x02 connection not allowed");
     let refused = a.log.wait_for(
         |l| l.contains("refused connection at the handshake") && l.contains(&home_c.peer_id),
@@ -40,7 +40,7 @@ async fn a_peer_allowed_for_web_only_is_refused_on_the_ssh_port() {
         ),
         |home, b| home.write_private("web_keys", &format!("{b} # web only\n")),
     );
-    let proxy = pair.b.state.socks;
+    let proxy = pair.b.socks();
     assert!(socks::connect(proxy, "home.alice.p2p", 80).await.is_ok(), "web is allowed");
     assert_eq!(socks::connect(proxy, "home.alice.p2p", 22).await.err(), Some(0x02), "ssh is not");
     let logged = pair
@@ -64,7 +64,7 @@ async fn failures_get_the_reply_codes_of_the_product_table() {
         ),
         |home, b| home.allow(b, None),
     );
-    let proxy = pair.b.state.socks;
+    let proxy = pair.b.socks();
     let reply =
         |host: &'static str, port| async move { socks::connect(proxy, host, port).await.err() };
     assert_eq!(reply("home.alice.p2p", 80).await, None, "the web service works");
@@ -81,7 +81,7 @@ async fn bind_and_udp_associate_get_command_not_supported() {
     let node = Daemon::start(&home);
     for command in [0x02u8, 0x03] {
         use tokio::io::{AsyncReadExt, AsyncWriteExt};
-        let mut socket = tokio::net::TcpStream::connect(node.state.socks).await.unwrap();
+        let mut socket = tokio::net::TcpStream::connect(node.socks()).await.unwrap();
         socket
             .write_all(&[0x05, 0x01, 0x00, 0x05, command, 0x00, 0x01, 127, 0, 0, 1, 0, 80])
             .await
@@ -98,7 +98,7 @@ async fn direct_targets_follow_socks_direct() {
     let home = Home::init();
     home.write_config("");
     let open = Daemon::start(&home);
-    assert!(socks::connect(open.state.socks, "127.0.0.1", web.port()).await.is_ok());
+    assert!(socks::connect(open.socks(), "127.0.0.1", web.port()).await.is_ok());
     drop(open);
     let closed_home = Home::init();
     std::fs::write(
@@ -107,7 +107,7 @@ async fn direct_targets_follow_socks_direct() {
     )
     .unwrap();
     let closed = Daemon::start(&closed_home);
-    assert_eq!(socks::connect(closed.state.socks, "127.0.0.1", web.port()).await.err(), Some(0x02));
+    assert_eq!(socks::connect(closed.socks(), "127.0.0.1", web.port()).await.err(), Some(0x02));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -129,8 +129,8 @@ async fn a_peer_we_dialled_still_needs_our_services_list() {
     ));
     let b = Daemon::start(&home_b);
     let _b_to_a =
-        socks::connect(b.state.socks, "home.alice.p2p", echo_a.port()).await.expect("B reaches A");
-    let reply = socks::connect(a.state.socks, "laptop.bob.p2p", echo_b.port()).await.err();
+        socks::connect(b.socks(), "home.alice.p2p", echo_a.port()).await.expect("B reaches A");
+    let reply = socks::connect(a.socks(), "laptop.bob.p2p", echo_b.port()).await.err();
     assert_eq!(reply, Some(0x02), "A may not use B's service although B dialled A");
     let logged =
         b.log.wait_for(|l| l.contains("not authorized for this service"), Duration::from_secs(10));
@@ -147,7 +147,7 @@ async fn streams_past_the_limits_are_refused_not_dropped() {
         ),
         |home, b| home.allow(b, None),
     );
-    let proxy = pair.b.state.socks;
+    let proxy = pair.b.socks();
     let first = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("first");
     let _second = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("second");
     assert_eq!(
@@ -195,7 +195,7 @@ async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
         &[0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, 0],
     ];
     for bytes in garbage {
-        let mut socket = tokio::net::TcpStream::connect(node.state.socks).await.unwrap();
+        let mut socket = tokio::net::TcpStream::connect(node.socks()).await.unwrap();
         socket.write_all(bytes).await.unwrap();
         socket.shutdown().await.unwrap();
         let mut reply = Vec::new();
@@ -210,8 +210,5 @@ async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
             assert_ne!(reply.get(3), Some(&0x00), "{bytes:?}: never a success reply");
         }
     }
-    assert!(
-        socks::connect(node.state.socks, "127.0.0.1", web.port()).await.is_ok(),
-        "still serving"
-    );
+    assert!(socks::connect(node.socks(), "127.0.0.1", web.port()).await.is_ok(), "still serving");
 }

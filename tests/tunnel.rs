@@ -20,7 +20,7 @@ async fn curl_through_socks_fetches_the_page_served_on_the_other_peer() {
     });
     let out = Command::new("curl")
         .args(["-sS", "--max-time", "20", "--socks5-hostname"])
-        .arg(pair.b.state.socks.to_string())
+        .arg(pair.b.socks().to_string())
         .arg("http://home.alice.p2p/")
         .output()
         .expect("curl is installed");
@@ -40,7 +40,7 @@ async fn sixty_four_mib_each_way_arrive_intact_with_half_close() {
     let pair = Pair::start(&format!("  bulk: {{ local_address: {service} }}\n"), |home, b| {
         home.allow(b, None)
     });
-    let socket = socks::connect(pair.b.state.socks, "home.alice.p2p", service.port())
+    let socket = socks::connect(pair.b.socks(), "home.alice.p2p", service.port())
         .await
         .expect("tunnel opens");
     let (mut r, mut w) = socket.into_split();
@@ -79,7 +79,7 @@ async fn two_hundred_concurrent_tunnels_all_complete() {
     let pair = Pair::start(&format!("  echo: {{ local_address: {echo} }}\n"), |home, b| {
         home.allow(b, None)
     });
-    let proxy = pair.b.state.socks;
+    let proxy = pair.b.socks();
     // Every tunnel is open before any sends: 200 streams at once on one connection.
     let all_open = Arc::new(tokio::sync::Barrier::new(N));
     let mut tasks = Vec::new();
@@ -126,7 +126,7 @@ async fn bytes_sent_before_the_reply_are_delivered() {
     });
     let early = b"sent before the SOCKS reply";
     let mut socket =
-        socks::connect_with_early(pair.b.state.socks, "home.alice.p2p", echo.port(), early)
+        socks::connect_with_early(pair.b.socks(), "home.alice.p2p", echo.port(), early)
             .await
             .expect("tunnel opens");
     socket.shutdown().await.unwrap();
@@ -146,7 +146,7 @@ async fn a_peer_reached_over_quic_serves_too() {
     home_b.write_config(&format!("names:\n  home.alice: {}\n", a.quic_multiaddr()));
     let b = support::Daemon::start(&home_b);
     let mut socket =
-        socks::connect(b.state.socks, "home.alice.p2p", 80).await.expect("tunnel over QUIC");
+        socks::connect(b.socks(), "home.alice.p2p", 80).await.expect("tunnel over QUIC");
     socket.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
     let mut response = String::new();
     socket.read_to_string(&mut response).await.unwrap();
@@ -160,8 +160,7 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
         home.allow(b, None)
     });
     let Pair { a, b, home_a: _home_a, home_b: _home_b } = pair;
-    let mut open =
-        socks::connect(b.state.socks, "home.alice.p2p", echo.port()).await.expect("tunnel");
+    let mut open = socks::connect(b.socks(), "home.alice.p2p", echo.port()).await.expect("tunnel");
     open.write_all(b"before").await.unwrap();
     let mut buf = [0u8; 6];
     open.read_exact(&mut buf).await.unwrap();
@@ -172,7 +171,7 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
     let draining =
         a.log.wait_for(|l| l.contains("no longer accepting"), std::time::Duration::from_secs(10));
     assert!(draining.is_some(), "A starts draining:\n{}", a.log.text());
-    let refused = socks::connect(b.state.socks, "home.alice.p2p", echo.port()).await.err();
+    let refused = socks::connect(b.socks(), "home.alice.p2p", echo.port()).await.err();
     assert_eq!(
         refused,
         Some(0x01),

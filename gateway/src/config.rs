@@ -59,6 +59,65 @@ pub struct Config {
     pub names: BTreeMap<NameKey, NameValue>,
     #[serde(default)]
     pub limits: Limits,
+    /// Networks this node belongs to, by name: their relays.
+    #[serde(default)]
+    pub networks: BTreeMap<NetworkName, Network>,
+    /// Announce and discover peers on the LAN (it announces our peer ID: opt-in).
+    #[serde(default)]
+    pub mdns: bool,
+    /// Read by `peerup relay` only.
+    #[serde(default)]
+    pub relay: Relay,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Network {
+    /// The network's relays, each a multiaddr ending in /p2p/<relay-peer-id>.
+    #[serde(default)]
+    pub relays: Vec<RelayAddr>,
+}
+
+/// The relay server's settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Relay {
+    #[serde(default = "default_relay_listen")]
+    pub listen: Vec<Addr>,
+    /// Public addresses to advertise; by default, the bound non-loopback listen addresses.
+    #[serde(default)]
+    pub external_addresses: Vec<Addr>,
+    /// The relay's members: only they may reserve, open circuits, or connect at all.
+    #[serde(default = "default_relay_keys")]
+    pub authorized_keys: PathBuf,
+    #[serde(default)]
+    pub limits: RelayLimits,
+}
+
+/// Relay limits, sized for real traffic between members (libp2p's defaults are for signalling).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct RelayLimits {
+    #[serde(default = "default_max_reservations")]
+    pub max_reservations: usize,
+    #[serde(default = "default_max_circuits")]
+    pub max_circuits: usize,
+    #[serde(default = "default_max_circuits_per_peer")]
+    pub max_circuits_per_peer: usize,
+    #[serde(default = "default_reservation_duration")]
+    pub reservation_duration: Dur,
+    /// Lifetime of one circuit; at most u32::MAX seconds (the protocol's field).
+    #[serde(default = "default_circuit_duration")]
+    pub circuit_duration: Dur,
+    /// Bytes one circuit may carry; 0 is unlimited.
+    #[serde(default)]
+    pub circuit_bytes: u64,
+    /// Reservation requests one peer may make per minute (burst: as many).
+    #[serde(default = "default_reservations_per_minute")]
+    pub reservations_per_minute: u32,
+    /// Circuits one peer may open per minute (burst: as many).
+    #[serde(default = "default_circuits_per_minute")]
+    pub circuits_per_minute: u32,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -141,6 +200,69 @@ fn default_streams_total() -> usize {
 fn yes() -> bool {
     true
 }
+fn default_relay_listen() -> Vec<Addr> {
+    [
+        "/ip4/0.0.0.0/tcp/4101",
+        "/ip4/0.0.0.0/udp/4101/quic-v1",
+        "/ip6/::/tcp/4101",
+        "/ip6/::/udp/4101/quic-v1",
+    ]
+    .iter()
+    .filter_map(|a| a.parse().ok())
+    .collect()
+}
+fn default_relay_keys() -> PathBuf {
+    PathBuf::from("relay_authorized_keys")
+}
+fn default_max_reservations() -> usize {
+    1024
+}
+fn default_max_circuits() -> usize {
+    4096
+}
+fn default_max_circuits_per_peer() -> usize {
+    256
+}
+fn default_reservation_duration() -> Dur {
+    Dur(Duration::from_secs(3600))
+}
+/// The longest circuit the relay protocol can express.
+pub const MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
+fn default_circuit_duration() -> Dur {
+    Dur(MAX_CIRCUIT_DURATION)
+}
+fn default_reservations_per_minute() -> u32 {
+    60
+}
+fn default_circuits_per_minute() -> u32 {
+    600
+}
+
+impl Default for Relay {
+    fn default() -> Self {
+        Relay {
+            listen: default_relay_listen(),
+            external_addresses: Vec::new(),
+            authorized_keys: default_relay_keys(),
+            limits: RelayLimits::default(),
+        }
+    }
+}
+
+impl Default for RelayLimits {
+    fn default() -> Self {
+        RelayLimits {
+            max_reservations: default_max_reservations(),
+            max_circuits: default_max_circuits(),
+            max_circuits_per_peer: default_max_circuits_per_peer(),
+            reservation_duration: default_reservation_duration(),
+            circuit_duration: default_circuit_duration(),
+            circuit_bytes: 0,
+            reservations_per_minute: default_reservations_per_minute(),
+            circuits_per_minute: default_circuits_per_minute(),
+        }
+    }
+}
 
 impl Default for Socks {
     fn default() -> Self {
@@ -172,6 +294,9 @@ impl Default for Config {
             services: BTreeMap::new(),
             names: BTreeMap::new(),
             limits: Limits::default(),
+            networks: BTreeMap::new(),
+            mdns: false,
+            relay: Relay::default(),
         }
     }
 }
@@ -238,7 +363,37 @@ impl Config {
                 return Err(ConfigError::invalid(path, key, "must be more than 0"));
             }
         }
+        let relay = &self.relay.limits;
+        if relay.circuit_duration.0 > MAX_CIRCUIT_DURATION {
+            return Err(ConfigError::invalid(
+                path,
+                "relay.limits.circuit_duration",
+                format!("at most {} seconds (u32::MAX)", u32::MAX),
+            ));
+        }
+        for (key, value) in [
+            ("relay.limits.reservations_per_minute", relay.reservations_per_minute),
+            ("relay.limits.circuits_per_minute", relay.circuits_per_minute),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(path, key, "must be at least 1"));
+            }
+        }
+        if self.relay.listen.is_empty() {
+            return Err(ConfigError::invalid(path, "relay.listen", "needs at least one address"));
+        }
         Ok(())
+    }
+
+    /// Every relay of every network, in config order, without repeats.
+    pub fn all_relays(&self) -> Vec<RelayAddr> {
+        let mut all: Vec<RelayAddr> = Vec::new();
+        for relay in self.networks.values().flat_map(|n| &n.relays) {
+            if !all.contains(relay) {
+                all.push(relay.clone());
+            }
+        }
+        all
     }
 }
 
@@ -281,6 +436,53 @@ impl FromStr for Addr {
     }
 }
 from_str_deserialize!(Addr);
+
+/// A network's name: one DNS label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct NetworkName(pub Label);
+
+impl FromStr for NetworkName {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse().map(NetworkName).map_err(|e| format!("network name: {e}"))
+    }
+}
+from_str_deserialize!(NetworkName);
+
+/// A relay's address: a multiaddr ending in `/p2p/<relay-peer-id>`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RelayAddr {
+    /// Without the trailing `/p2p/<peer>`.
+    pub addr: Multiaddr,
+    pub peer: libp2p::PeerId,
+}
+
+impl RelayAddr {
+    /// The full address, `/p2p/<peer>` included.
+    pub fn full(&self) -> Multiaddr {
+        self.addr.clone().with(libp2p::multiaddr::Protocol::P2p(self.peer))
+    }
+
+    /// The address to dial `target` through this relay.
+    pub fn circuit_to(&self, target: libp2p::PeerId) -> Multiaddr {
+        use libp2p::multiaddr::Protocol;
+        self.full().with(Protocol::P2pCircuit).with(Protocol::P2p(target))
+    }
+}
+
+impl FromStr for RelayAddr {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        use libp2p::multiaddr::Protocol;
+        let bad = || format!("{text:?}: expected a multiaddr ending in /p2p/<relay-peer-id>");
+        let mut addr: Multiaddr = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
+        match addr.pop() {
+            Some(Protocol::P2p(peer)) if !addr.is_empty() => Ok(RelayAddr { addr, peer }),
+            _ => Err(bad()),
+        }
+    }
+}
+from_str_deserialize!(RelayAddr);
 
 /// `host:port` of a local TCP service.
 #[derive(Debug, Clone, PartialEq, Eq)]

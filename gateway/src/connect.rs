@@ -8,6 +8,7 @@
 //! [`failure_of_open`] and [`failure_of_status`] are the one place where node and protocol
 //! outcomes become the user-visible [`FailureKind`].
 
+use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -20,6 +21,7 @@ use tokio_util::either::Either;
 use tracing::debug;
 
 use crate::auth::Access;
+use crate::config::RelayAddr;
 use crate::node::{Control, OpenError};
 use crate::protocol::{Request, Response, Status};
 
@@ -35,6 +37,8 @@ pub struct Gateway {
     pub suffix: Label,
     pub direct: bool,
     pub connect_timeout: Duration,
+    /// Each network's relays; a name in that network is also dialled through them.
+    pub relays: HashMap<Label, Vec<RelayAddr>>,
 }
 
 impl Gateway {
@@ -51,7 +55,9 @@ impl Gateway {
         let peer = resolution.peer;
         debug!(%name, %peer, tier = %resolution.tier, "resolved");
         self.access.choose(peer);
-        let open = self.control.open(peer, resolution.addrs);
+        let mut addrs = resolution.addrs;
+        addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
+        let open = self.control.open(peer, addrs);
         let stream = match tokio::time::timeout(self.connect_timeout, open).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
@@ -90,6 +96,18 @@ impl Gateway {
             None => Ok(stream),
             Some(kind) => {
                 Err(ConnectError::new(kind, format!("{name}:{port}: {}", response.reason)))
+            }
+        }
+    }
+
+    /// The relays to reach `name` through: its network's, or every network's for a bare peer
+    /// label.
+    fn relays_for<'a>(&'a self, name: &Name) -> Box<dyn Iterator<Item = &'a RelayAddr> + 'a> {
+        match name.network() {
+            Some(network) => Box::new(self.relays.get(network).into_iter().flatten()),
+            None => {
+                let mut seen = std::collections::HashSet::new();
+                Box::new(self.relays.values().flatten().filter(move |r| seen.insert(r.peer)))
             }
         }
     }

@@ -7,9 +7,10 @@
 //! inbound streams), give open tunnels `limits.shutdown_grace` to finish, stop the swarm,
 //! remove state.json.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::os::unix::fs::MetadataExt;
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use libp2p::identity::Keypair;
@@ -26,9 +27,10 @@ use crate::auth::Access;
 use crate::auth::access::{AccessError, AccessLists};
 use crate::config::{Config, ConfigError, NameKey, NameValue, parse_names_file};
 use crate::connect::Gateway;
+use crate::control::ControlServer;
 use crate::files::{self, FileError, Home};
 use crate::identity::{self, IdentityError};
-use crate::node::{Node, NodeError};
+use crate::node::{Node, NodeError, NodeOptions};
 use crate::service::{ServiceHost, ServiceTable, StreamLimits};
 
 /// Inbound streams queued between the swarm and the service host before "busy" answers.
@@ -47,6 +49,8 @@ pub enum StartError {
     File(#[from] FileError),
     #[error(transparent)]
     Node(#[from] NodeError),
+    #[error(transparent)]
+    Control(#[from] crate::control::ControlError),
     #[error("cannot bind the SOCKS listener {addr}: {source}")]
     Socks { addr: SocketAddr, source: std::io::Error },
 }
@@ -96,11 +100,15 @@ pub fn load_names(home: &Home, config: &Config) -> Result<LocalNames, ConfigErro
 /// What `state.json` says about a running daemon.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct State {
+    /// `gateway` or `relay`.
+    pub role: String,
     pub pid: u32,
     pub peer_id: String,
     pub peer_label: String,
-    pub socks: SocketAddr,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub socks: Option<SocketAddr>,
     pub libp2p: Vec<String>,
+    pub control: PathBuf,
 }
 
 /// Run the gateway until SIGINT or SIGTERM, then drain.
@@ -131,10 +139,12 @@ impl Daemon {
     /// Load `home`, bind every listener, write state.json, and start serving.
     pub async fn start(home: Home) -> Result<Daemon, StartError> {
         let Loaded { config, keypair, lists, names } = load(&home)?;
+        let control_server = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
         let access = Arc::new(Access::new(lists));
         let (inbound_tx, inbound_rx) = mpsc::channel(INBOUND_QUEUE);
-        let (mut node, control) = Node::build(keypair, access.clone(), inbound_tx)?;
+        let options = NodeOptions { relays: config.all_relays(), mdns: config.mdns };
+        let (mut node, control) = Node::build(keypair, access.clone(), inbound_tx, options)?;
         let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
         node.listen(&listen).await?;
         let socks_config = SocksConfig {
@@ -162,17 +172,25 @@ impl Daemon {
             suffix: crate::config::suffix(),
             direct: config.socks.direct,
             connect_timeout: config.limits.connect_timeout.0,
+            relays: config
+                .networks
+                .iter()
+                .map(|(name, network)| (name.0.clone(), network.relays.clone()))
+                .collect::<HashMap<_, _>>(),
         });
 
         let accepting = CancellationToken::new();
         let stop_node = CancellationToken::new();
         let tasks = TaskTracker::new();
         let addrs = node.addresses();
-        let state = state_of(peer, socks_addr, &addrs.borrow());
+        let mut state = State::new("gateway", peer, Some(socks_addr), control_server.path());
+        state.libp2p = addrs.borrow().iter().map(ToString::to_string).collect();
         write_state(&home, &state);
+        let (status_tx, status_rx) = mpsc::channel(8);
         let background = vec![
-            tokio::spawn(node.run(stop_node.clone())),
-            tokio::spawn(keep_state(home.clone(), peer, socks_addr, addrs, stop_node.clone())),
+            tokio::spawn(node.run(stop_node.clone(), status_rx)),
+            tokio::spawn(keep_state(home.clone(), state.clone(), addrs, stop_node.clone())),
+            tokio::spawn(control_server.run(status_tx, stop_node.clone())),
         ];
         let accept_loops = vec![
             tokio::spawn(host.run(inbound_rx, accepting.clone(), tasks.clone())),
@@ -217,11 +235,29 @@ impl Daemon {
     }
 }
 
+impl State {
+    pub(crate) fn new(
+        role: &str,
+        peer: PeerId,
+        socks: Option<SocketAddr>,
+        control: &std::path::Path,
+    ) -> State {
+        State {
+            role: role.into(),
+            pid: std::process::id(),
+            peer_id: peer.to_base58(),
+            peer_label: peerup_resolver::peer_label(&peer),
+            socks,
+            libp2p: Vec::new(),
+            control: control.to_owned(),
+        }
+    }
+}
+
 /// Rewrite state.json whenever the listen addresses change.
 async fn keep_state(
     home: Home,
-    peer: PeerId,
-    socks: SocketAddr,
+    mut state: State,
     mut addrs: watch::Receiver<Vec<Multiaddr>>,
     stop: CancellationToken,
 ) {
@@ -230,21 +266,12 @@ async fn keep_state(
             () = stop.cancelled() => return,
             changed = addrs.changed() => if changed.is_err() { return },
         }
-        write_state(&home, &state_of(peer, socks, &addrs.borrow_and_update()));
+        state.libp2p = addrs.borrow_and_update().iter().map(ToString::to_string).collect();
+        write_state(&home, &state);
     }
 }
 
-fn state_of(peer: PeerId, socks: SocketAddr, addrs: &[Multiaddr]) -> State {
-    State {
-        pid: std::process::id(),
-        peer_id: peer.to_base58(),
-        peer_label: peerup_resolver::peer_label(&peer),
-        socks,
-        libp2p: addrs.iter().map(ToString::to_string).collect(),
-    }
-}
-
-fn write_state(home: &Home, state: &State) {
+pub(crate) fn write_state(home: &Home, state: &State) {
     match serde_json::to_vec_pretty(state) {
         Ok(json) => {
             if let Err(error) = files::write_atomic(&home.state(), &json, 0o600) {
@@ -255,7 +282,7 @@ fn write_state(home: &Home, state: &State) {
     }
 }
 
-async fn shutdown_signal() {
+pub(crate) async fn shutdown_signal() {
     use tokio::signal::unix::{SignalKind, signal};
     let (Ok(mut term), Ok(mut int)) =
         (signal(SignalKind::terminate()), signal(SignalKind::interrupt()))

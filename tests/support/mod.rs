@@ -134,10 +134,12 @@ impl Log {
 
 #[derive(serde::Deserialize, Debug, Clone)]
 pub struct State {
+    pub role: String,
     pub peer_id: String,
     pub peer_label: String,
-    pub socks: SocketAddr,
+    pub socks: Option<SocketAddr>,
     pub libp2p: Vec<String>,
+    pub control: PathBuf,
 }
 
 /// A running `peerup run`, killed on drop.
@@ -169,6 +171,11 @@ impl Daemon {
         let text = std::fs::read_to_string(home.file("state.json")).expect("state.json when ready");
         let state = serde_json::from_str(&text).expect("state.json parses");
         Daemon { child, log, state }
+    }
+
+    /// The SOCKS listener of a gateway.
+    pub fn socks(&self) -> SocketAddr {
+        self.state.socks.expect("a gateway has a SOCKS listener")
     }
 
     /// The first TCP listen address, as a dialable multiaddr with our peer ID.

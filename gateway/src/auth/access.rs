@@ -80,7 +80,15 @@ impl AccessLists {
                 services.insert(name.clone(), KeySet::from_keys(&keys));
             }
         }
-        Ok(AccessLists { global, services, relays: HashSet::new() })
+        let relays = config.all_relays().into_iter().map(|r| r.peer).collect();
+        Ok(AccessLists { global, services, relays })
+    }
+}
+
+impl AccessLists {
+    /// A relay's lists: its members are the only peers allowed.
+    pub fn members(keys: &AuthorizedKeys) -> Self {
+        AccessLists { global: KeySet::from_keys(keys), ..AccessLists::default() }
     }
 }
 

@@ -26,8 +26,11 @@ pub(super) enum AuthCommand {
     Add {
         peer: String,
         /// Edit this service's own list instead of the global one
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "relay")]
         service: Option<String>,
+        /// Edit the relay's member list (relay.authorized_keys)
+        #[arg(long)]
+        relay: bool,
         /// A comment kept on the line
         #[arg(long, value_name = "TEXT")]
         comment: Option<String>,
@@ -38,13 +41,17 @@ pub(super) enum AuthCommand {
     /// Remove PEER
     Remove {
         peer: String,
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "relay")]
         service: Option<String>,
+        #[arg(long)]
+        relay: bool,
     },
     /// List the peers in a list
     List {
-        #[arg(long, value_name = "NAME")]
+        #[arg(long, value_name = "NAME", conflicts_with = "relay")]
         service: Option<String>,
+        #[arg(long)]
+        relay: bool,
     },
 }
 
@@ -95,8 +102,15 @@ pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
 }
 
 /// Which file an auth command edits, and a note when the config should name it.
-fn keys_file(home: &Home, service: Option<&str>) -> Result<(PathBuf, Option<String>), Failure> {
+fn keys_file(
+    home: &Home,
+    service: Option<&str>,
+    relay: bool,
+) -> Result<(PathBuf, Option<String>), Failure> {
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    if relay {
+        return Ok((home.join(&config.relay.authorized_keys), None));
+    }
     let Some(service) = service else {
         return Ok((home.join(&config.authorized_keys), None));
     };
@@ -135,11 +149,11 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
     };
     let mut out = std::io::stdout().lock();
     match command {
-        AuthCommand::Add { peer, service, comment, expires } => {
+        AuthCommand::Add { peer, service, relay, comment, expires } => {
             let peer = peer_arg(&peer)?;
             let expires =
                 expires.map(|e| e.parse::<Expiry>()).transpose().map_err(Failure::usage)?;
-            let (path, note) = keys_file(home, service.as_deref())?;
+            let (path, note) = keys_file(home, service.as_deref(), relay)?;
             let mut keys = read_keys(&path)?;
             let new = keys.upsert(Entry { peer, expires, comment });
             write(&path, &keys)?;
@@ -149,9 +163,9 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
                 eprintln!("{note}");
             }
         }
-        AuthCommand::Remove { peer, service } => {
+        AuthCommand::Remove { peer, service, relay } => {
             let peer = peer_arg(&peer)?;
-            let (path, _) = keys_file(home, service.as_deref())?;
+            let (path, _) = keys_file(home, service.as_deref(), relay)?;
             let mut keys = read_keys(&path)?;
             if !keys.remove(&peer) {
                 return Err(Failure::usage(format!("{peer} is not in {}", path.display())));
@@ -159,8 +173,8 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
             write(&path, &keys)?;
             let _ = writeln!(out, "removed {peer} from {}", path.display());
         }
-        AuthCommand::List { service } => {
-            let (path, _) = keys_file(home, service.as_deref())?;
+        AuthCommand::List { service, relay } => {
+            let (path, _) = keys_file(home, service.as_deref(), relay)?;
             let now = time::OffsetDateTime::now_utc();
             for entry in read_keys(&path)?.entries() {
                 let mut line = entry.peer.to_base58();

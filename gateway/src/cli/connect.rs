@@ -16,7 +16,10 @@ pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
     let (host, port) = split_target(target)?;
     check_local_name(home, host).await?;
     let state = read_state(home)?;
-    let mut socket = connect_via(state.socks, host, port)
+    let socks = state
+        .socks
+        .ok_or_else(|| Failure::usage("this home runs a relay, which has no SOCKS listener"))?;
+    let mut socket = connect_via(socks, host, port)
         .await
         .map_err(|e| Failure::new(exit_code(e.kind), e.message))?;
     let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());

@@ -7,6 +7,7 @@
 
 mod admin;
 mod connect;
+mod status;
 
 use std::path::PathBuf;
 use std::process::ExitCode;
@@ -52,8 +53,16 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the gateway: SOCKS5 proxy, services, libp2p node
+    /// Run the gateway: SOCKS5 proxy, services, libp2p node, relay reservations
     Run,
+    /// Run a circuit relay for the members in the relay's authorized_keys
+    Relay,
+    /// Ask the running daemon: peers, paths (direct/relayed), reservations, circuits
+    Status {
+        /// Machine-readable output
+        #[arg(long)]
+        json: bool,
+    },
     /// Edit or list authorized_keys files
     Auth {
         #[command(subcommand)]
@@ -124,6 +133,9 @@ pub fn main() -> ExitCode {
         Command::Run => {
             runtime().and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage))
         }
+        Command::Relay => runtime()
+            .and_then(|rt| rt.block_on(crate::relay::daemon::run(home)).map_err(Failure::usage)),
+        Command::Status { json } => runtime().and_then(|rt| rt.block_on(status::run(&home, json))),
         Command::Auth { action } => admin::auth(&home, action),
         Command::Resolve { name } => {
             runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name)))

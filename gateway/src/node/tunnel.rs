@@ -120,7 +120,12 @@ pub struct Behaviour {
     in_flight: HashMap<u64, (ConnectionId, Reply)>,
     next_id: u64,
     events: VecDeque<ToSwarm<(), HandlerIn>>,
+    /// Addresses learned for peers (LAN discovery), added to our dials.
+    known: HashMap<PeerId, Vec<Multiaddr>>,
 }
+
+/// Addresses remembered per peer.
+const KNOWN_ADDRS_PER_PEER: usize = 8;
 
 impl Behaviour {
     /// A behaviour delivering inbound streams on `inbound`, and the control to open streams.
@@ -135,6 +140,7 @@ impl Behaviour {
             in_flight: HashMap::new(),
             next_id: 0,
             events: VecDeque::new(),
+            known: HashMap::new(),
         };
         (behaviour, Control { requests: tx })
     }
@@ -147,7 +153,12 @@ impl Behaviour {
     }
 
     fn handle_request(&mut self, request: OpenRequest) {
-        let OpenRequest { peer, addrs, reply } = request;
+        let OpenRequest { peer, mut addrs, reply } = request;
+        for addr in self.known.get(&peer).into_iter().flatten() {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
         if let Some(connection) = self.pick(&peer) {
             return self.send_to_handler(peer, connection, reply);
         }
@@ -269,6 +280,15 @@ impl NetworkBehaviour for Behaviour {
                     if let Some((_, reply)) = self.in_flight.remove(&id) {
                         let _ = reply.send(Err(error.clone()));
                     }
+                }
+            }
+            FromSwarm::NewExternalAddrOfPeer(e) => {
+                let known = self.known.entry(e.peer_id).or_default();
+                if !known.contains(e.addr) {
+                    if known.len() == KNOWN_ADDRS_PER_PEER {
+                        known.remove(0);
+                    }
+                    known.push(e.addr.clone());
                 }
             }
             FromSwarm::DialFailure(e) => {

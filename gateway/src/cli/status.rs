@@ -1,0 +1,83 @@
+//! `peerup status`: ask the running daemon through its control socket.
+
+use std::io::Write;
+
+use super::Failure;
+use crate::daemon::State;
+use crate::files::Home;
+use crate::node::NodeStatus;
+use crate::relay::RelayStatus;
+
+pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
+    let not_running = || {
+        Failure::new(
+            5,
+            format!(
+                "no daemon is running for {} (start it with `peerup run`)",
+                home.dir().display()
+            ),
+        )
+    };
+    let text = std::fs::read_to_string(home.state()).map_err(|_| not_running())?;
+    let state: State = serde_json::from_str(&text).map_err(|_| not_running())?;
+    let answer =
+        crate::control::request(&state.control, "status").await.map_err(|_| not_running())?;
+    let mut out = std::io::stdout().lock();
+    if json {
+        let _ = writeln!(out, "{answer}");
+        return Ok(());
+    }
+    let text = if state.role == "relay" {
+        serde_json::from_value::<RelayStatus>(answer).map(|s| relay_text(&s))
+    } else {
+        serde_json::from_value::<NodeStatus>(answer).map(|s| gateway_text(&s))
+    };
+    let text = text.map_err(|e| Failure::new(1, format!("unexpected status answer: {e}")))?;
+    let _ = out.write_all(text.as_bytes());
+    Ok(())
+}
+
+fn gateway_text(status: &NodeStatus) -> String {
+    let mut out = format!("gateway {}\n", status.peer_id);
+    if !status.reservations.is_empty() {
+        out.push_str("reservations:\n");
+        for r in &status.reservations {
+            out.push_str(&format!(
+                "  {}  {:<9} {:>6}s  {}\n",
+                r.relay, r.state, r.age_secs, r.addr
+            ));
+        }
+    }
+    out.push_str(&format!("peers: {}\n", status.peers.len()));
+    for peer in &status.peers {
+        let role = if peer.relay { " (relay)" } else { "" };
+        out.push_str(&format!("  {}{role}\n", peer.peer));
+        for c in &peer.connections {
+            out.push_str(&format!(
+                "    {:<7} {:<4} {:<3} {:>6}s  {}\n",
+                c.path, c.transport, c.direction, c.age_secs, c.remote
+            ));
+        }
+    }
+    out
+}
+
+fn relay_text(status: &RelayStatus) -> String {
+    let mut out = format!(
+        "relay {}  members connected: {}  circuit bytes: {}\n",
+        status.peer_id, status.members_connected, status.circuit_bytes
+    );
+    out.push_str(&format!("reservations: {}\n", status.reservations.len()));
+    for r in &status.reservations {
+        out.push_str(&format!("  {}  {:>6}s\n", r.peer, r.age_secs));
+    }
+    out.push_str(&format!("circuits: {}\n", status.circuits.len()));
+    for c in &status.circuits {
+        let state = if c.open { "open" } else { "closed" };
+        out.push_str(&format!(
+            "  {} -> {}  {state:<6} {:>6}s  {} B ->  {} B <-\n",
+            c.src, c.dst, c.age_secs, c.bytes_src_to_dst, c.bytes_dst_to_src
+        ));
+    }
+    out
+}

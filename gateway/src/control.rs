@@ -1,0 +1,142 @@
+//! The control socket: a Unix socket in the home (mode 0600) that `peerup status` asks.
+//!
+//! One request per connection: a line of JSON (`{"command":"status"}`), answered by one line of
+//! JSON. The socket lives at `<home>/control.sock`, or in `$XDG_RUNTIME_DIR` when that path is
+//! too long for a Unix socket; state.json names the path in use. A socket that answers means a
+//! daemon already runs in this home, and a second one refuses to start.
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{UnixListener, UnixStream};
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, warn};
+
+use crate::files::Home;
+
+/// Longest socket path we use (sun_path holds 108 bytes including the NUL).
+const MAX_SOCKET_PATH: usize = 100;
+/// A request line longer than this is refused.
+const MAX_REQUEST: usize = 4096;
+const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ControlError {
+    #[error("another peerup daemon is running in this home (its control socket {0} answers)")]
+    Running(PathBuf),
+    #[error("control socket {path}: {source}", path = path.display())]
+    Io { path: PathBuf, source: std::io::Error },
+}
+
+/// Where the control socket of `home` lives.
+pub fn socket_path(home: &Home) -> PathBuf {
+    let path = home.dir().join("control.sock");
+    if path.as_os_str().len() <= MAX_SOCKET_PATH {
+        return path;
+    }
+    let runtime =
+        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
+    runtime.join(format!("peerup-{:016x}.sock", fnv1a(home.dir().as_os_str().as_encoded_bytes())))
+}
+
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes
+        .iter()
+        .fold(0xcbf2_9ce4_8422_2325, |h, b| (h ^ u64::from(*b)).wrapping_mul(0x100_0000_01b3))
+}
+
+/// A bound control socket.
+#[derive(Debug)]
+pub struct ControlServer {
+    listener: UnixListener,
+    path: PathBuf,
+}
+
+impl ControlServer {
+    pub async fn bind(home: &Home) -> Result<ControlServer, ControlError> {
+        let path = socket_path(home);
+        let io = |source| ControlError::Io { path: path.clone(), source };
+        if path.exists() {
+            if UnixStream::connect(&path).await.is_ok() {
+                return Err(ControlError::Running(path));
+            }
+            std::fs::remove_file(&path).map_err(io)?;
+        }
+        let listener = UnixListener::bind(&path).map_err(io)?;
+        std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
+        Ok(ControlServer { listener, path })
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Answer requests until `stop`; status snapshots come from `status`.
+    pub async fn run(
+        self,
+        status: mpsc::Sender<oneshot::Sender<serde_json::Value>>,
+        stop: CancellationToken,
+    ) {
+        loop {
+            let socket = tokio::select! {
+                () = stop.cancelled() => break,
+                accepted = self.listener.accept() => match accepted {
+                    Ok((socket, _)) => socket,
+                    Err(error) => {
+                        warn!(%error, "control accept failed");
+                        continue;
+                    }
+                },
+            };
+            // One request at a time is plenty for a status socket, and bounds the work.
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &status)).await;
+            if let Ok(Err(error)) = answer {
+                debug!(%error, "control request failed");
+            }
+        }
+        let _ = std::fs::remove_file(&self.path);
+    }
+}
+
+async fn serve(
+    socket: UnixStream,
+    status: &mpsc::Sender<oneshot::Sender<serde_json::Value>>,
+) -> std::io::Result<()> {
+    let (read, mut write) = socket.into_split();
+    let mut line = String::new();
+    let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
+    reader.read_line(&mut line).await?;
+    let request: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    let reply = match request.get("command").and_then(|c| c.as_str()) {
+        Some("status") => {
+            let (tx, rx) = oneshot::channel();
+            match status.send(tx).await {
+                Ok(()) => {
+                    rx.await.unwrap_or_else(|_| serde_json::json!({ "error": "shutting down" }))
+                }
+                Err(_) => serde_json::json!({ "error": "shutting down" }),
+            }
+        }
+        _ => serde_json::json!({ "error": "unknown request; expected {\"command\":\"status\"}" }),
+    };
+    let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
+    out.push(b'\n');
+    write.write_all(&out).await?;
+    write.shutdown().await
+}
+
+/// Ask the daemon at `path`.
+pub async fn request(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+    let socket = UnixStream::connect(path).await?;
+    let (read, mut write) = socket.into_split();
+    let mut line = serde_json::to_vec(&serde_json::json!({ "command": command }))
+        .map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    write.write_all(&line).await?;
+    let mut answer = String::new();
+    BufReader::new(read).read_line(&mut answer).await?;
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}

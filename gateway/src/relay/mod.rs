@@ -1,0 +1,281 @@
+//! `peerup relay`: a circuit relay v2 server for one network's members.
+//!
+//! Only members (the relay's `authorized_keys`) get a connection at all: others are closed at
+//! the handshake, so they can neither reserve nor be reached. Limits are sized for real traffic
+//! (unlimited bytes, circuits that last up to the protocol's u32::MAX-seconds ceiling) and
+//! each member is rate limited (governor). Circuits carry end-to-end encrypted connections: the
+//! relay sees bytes, never content. [`traffic`] counts those bytes per member and per circuit.
+
+pub mod daemon;
+pub mod traffic;
+
+use std::collections::HashMap;
+use std::num::NonZeroU32;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use futures::StreamExt;
+use libp2p::core::Transport;
+use libp2p::core::muxing::StreamMuxerBox;
+use libp2p::core::upgrade::Version;
+use libp2p::identity::Keypair;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, noise, ping, quic, relay, tcp};
+use serde::Serialize;
+use tokio::sync::{mpsc, oneshot};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::auth::Access;
+use crate::config::RelayLimits;
+use crate::node::{NodeError, gate, start_listeners};
+use traffic::{CircuitStatus, Traffic};
+
+/// The relay's behaviours; the gate decides first.
+#[allow(missing_debug_implementations)] // identify's behaviour has no Debug
+#[derive(NetworkBehaviour)]
+pub struct RelayBehaviour {
+    gate: gate::Gate,
+    relay: relay::Behaviour,
+    identify: identify::Behaviour,
+    ping: ping::Behaviour,
+    autonat: autonat::Behaviour,
+}
+
+/// What `peerup status` shows for a relay.
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct RelayStatus {
+    pub role: String,
+    pub peer_id: String,
+    pub listen: Vec<String>,
+    pub external: Vec<String>,
+    pub reservations: Vec<ReservationHeld>,
+    pub circuits: Vec<CircuitStatus>,
+    /// Bytes carried by all circuits since start.
+    pub circuit_bytes: u64,
+    pub members_connected: usize,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReservationHeld {
+    pub peer: String,
+    pub age_secs: u64,
+}
+
+/// A built relay node, listening.
+pub struct RelayNode {
+    swarm: Swarm<RelayBehaviour>,
+    traffic: Arc<Traffic>,
+    reservations: HashMap<PeerId, SystemTime>,
+}
+
+impl std::fmt::Debug for RelayNode {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RelayNode").field("peer", self.swarm.local_peer_id()).finish()
+    }
+}
+
+/// Per-peer rate limit for relay requests, backed by governor.
+struct PerPeer {
+    limiter: governor::DefaultKeyedRateLimiter<PeerId>,
+    calls: u32,
+}
+
+impl relay::RateLimiter for PerPeer {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.calls = self.calls.wrapping_add(1);
+        if self.calls.is_multiple_of(1024) {
+            self.limiter.retain_recent();
+        }
+        self.limiter.check_key(&peer).is_ok()
+    }
+}
+
+fn per_peer(per_minute: u32) -> Box<dyn relay::RateLimiter> {
+    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+    let quota = governor::Quota::per_minute(per_minute);
+    Box::new(PerPeer { limiter: governor::RateLimiter::keyed(quota), calls: 0 })
+}
+
+fn relay_config(limits: &RelayLimits) -> relay::Config {
+    relay::Config {
+        max_reservations: limits.max_reservations,
+        max_reservations_per_peer: 4,
+        reservation_duration: limits.reservation_duration.0,
+        reservation_rate_limiters: vec![per_peer(limits.reservations_per_minute)],
+        max_circuits: limits.max_circuits,
+        max_circuits_per_peer: limits.max_circuits_per_peer,
+        // The protocol carries the duration in a u32 of seconds; libp2p panics above it.
+        max_circuit_duration: limits.circuit_duration.0.min(crate::config::MAX_CIRCUIT_DURATION),
+        max_circuit_bytes: limits.circuit_bytes,
+        circuit_src_rate_limiters: vec![per_peer(limits.circuits_per_minute)],
+    }
+}
+
+impl RelayNode {
+    /// Build the relay's swarm: TCP (Noise, yamux) and QUIC, every connection counted.
+    pub fn build(
+        keypair: Keypair,
+        access: Arc<Access>,
+        limits: &RelayLimits,
+    ) -> Result<RelayNode, NodeError> {
+        let traffic = Arc::new(Traffic::default());
+        let counted = traffic.clone();
+        let peer = keypair.public().to_peer_id();
+        let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
+            .with_tokio()
+            .with_other_transport(
+                move |key| -> Result<_, Box<dyn std::error::Error + Send + Sync>> {
+                    let (for_tcp, for_quic) = (counted.clone(), counted);
+                    let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
+                        .upgrade(Version::V1Lazy)
+                        .authenticate(noise::Config::new(key)?)
+                        .multiplex(crate::node::yamux_config())
+                        .map(move |(peer, muxer), _| {
+                            (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
+                        });
+                    let quic = quic::tokio::Transport::new(quic::Config::new(key)).map(
+                        move |(peer, conn), _| {
+                            (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
+                        },
+                    );
+                    Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()))
+                },
+            )
+            .map_err(|e| NodeError::Build(e.to_string()))?
+            .with_behaviour(|key| RelayBehaviour {
+                gate: gate::Gate::new(access),
+                relay: relay::Behaviour::new(peer, relay_config(limits)),
+                identify: identify::Behaviour::new(
+                    identify::Config::new("/peerup/1.0.0".into(), key.public())
+                        .with_agent_version(format!("peerup-relay/{}", env!("CARGO_PKG_VERSION"))),
+                ),
+                ping: ping::Behaviour::default(),
+                autonat: autonat::Behaviour::new(
+                    peer,
+                    autonat::Config { only_global_ips: false, ..Default::default() },
+                ),
+            })
+            .map_err(|e| NodeError::Build(e.to_string()))?
+            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .build();
+        Ok(RelayNode { swarm, traffic, reservations: HashMap::new() })
+    }
+
+    /// Bind the listeners and advertise external addresses: the configured ones, or else every
+    /// bound address that is neither loopback nor unspecified.
+    pub async fn listen(
+        &mut self,
+        listen: &[Multiaddr],
+        external: &[Multiaddr],
+    ) -> Result<(), NodeError> {
+        start_listeners(&mut self.swarm, listen).await?;
+        let advertised: Vec<Multiaddr> = if external.is_empty() {
+            self.swarm.listeners().filter(|a| is_routable(a)).cloned().collect()
+        } else {
+            external.to_vec()
+        };
+        for addr in advertised {
+            info!(%addr, "advertising");
+            self.swarm.add_external_address(addr);
+        }
+        self.swarm.behaviour_mut().relay.set_status(Some(relay::Status::Enable));
+        Ok(())
+    }
+
+    pub fn listen_addresses(&self) -> Vec<Multiaddr> {
+        self.swarm.listeners().cloned().collect()
+    }
+
+    /// Serve until `stop`; answer status requests on `status`.
+    pub async fn run(
+        mut self,
+        stop: CancellationToken,
+        mut status: mpsc::Receiver<oneshot::Sender<serde_json::Value>>,
+    ) {
+        loop {
+            tokio::select! {
+                () = stop.cancelled() => return,
+                Some(reply) = status.recv() => {
+                    let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
+                }
+                event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+
+    fn status(&self) -> RelayStatus {
+        let now = SystemTime::now();
+        RelayStatus {
+            role: "relay".into(),
+            peer_id: self.swarm.local_peer_id().to_base58(),
+            listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            external: self.swarm.external_addresses().map(ToString::to_string).collect(),
+            reservations: self
+                .reservations
+                .iter()
+                .map(|(peer, since)| ReservationHeld {
+                    peer: peer.to_base58(),
+                    age_secs: now.duration_since(*since).map_or(0, |d| d.as_secs()),
+                })
+                .collect(),
+            circuits: self.traffic.circuits(),
+            circuit_bytes: self.traffic.circuit_bytes.load(std::sync::atomic::Ordering::Relaxed),
+            members_connected: self.swarm.connected_peers().count(),
+        }
+    }
+
+    fn on_event(&mut self, event: SwarmEvent<RelayBehaviourEvent>) {
+        use relay::Event as R;
+        match event {
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Relay(event)) => match event {
+                R::ReservationReqAccepted { src_peer_id, renewed, .. } => {
+                    if !renewed {
+                        info!(peer = %src_peer_id, "reservation accepted");
+                    }
+                    self.reservations.entry(src_peer_id).or_insert_with(SystemTime::now);
+                }
+                R::ReservationClosed { src_peer_id } | R::ReservationTimedOut { src_peer_id } => {
+                    info!(peer = %src_peer_id, "reservation ended");
+                    self.reservations.remove(&src_peer_id);
+                }
+                R::ReservationReqDenied { src_peer_id, status, .. } => {
+                    info!(peer = %src_peer_id, ?status, "reservation denied");
+                }
+                R::CircuitReqAccepted { src_peer_id, dst_peer_id, .. } => {
+                    info!(src = %src_peer_id, dst = %dst_peer_id, "circuit opened");
+                    self.traffic.circuit_opened(src_peer_id, dst_peer_id);
+                }
+                R::CircuitReqDenied { src_peer_id, dst_peer_id, status, .. } => {
+                    info!(src = %src_peer_id, dst = %dst_peer_id, ?status, "circuit denied");
+                }
+                R::CircuitClosed { src_peer_id, dst_peer_id, error } => {
+                    debug!(src = %src_peer_id, dst = %dst_peer_id, ?error, "circuit closed");
+                    self.traffic.circuit_closed(src_peer_id, dst_peer_id);
+                }
+                other => debug!(event = ?other, "relay"),
+            },
+            SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "member connected");
+            }
+            SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
+                debug!(peer = %peer_id, "member disconnected");
+            }
+            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            _ => {}
+        }
+    }
+}
+
+/// An address others could reach: not loopback, not unspecified.
+fn is_routable(addr: &Multiaddr) -> bool {
+    use libp2p::multiaddr::Protocol;
+    addr.iter().all(|p| match p {
+        Protocol::Ip4(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Protocol::Ip6(ip) => {
+            !ip.is_loopback() && !ip.is_unspecified() && (ip.segments()[0] & 0xffc0) != 0xfe80
+        }
+        _ => true,
+    })
+}
