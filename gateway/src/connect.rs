@@ -25,6 +25,9 @@ use crate::config::RelayAddr;
 use crate::node::{Control, OpenError};
 use crate::protocol::{Request, Response, Status};
 
+/// The longest pause between dial attempts (100, 200, 400, 800, 1600 ms: five retries).
+const MAX_DIAL_BACKOFF: Duration = Duration::from_millis(1600);
+
 /// A tunnel stream after the serving peer accepted it, ready for raw bytes.
 pub type Tunnel = Compat<Stream>;
 
@@ -57,8 +60,8 @@ impl Gateway {
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
-        let open = self.control.open(peer, addrs);
-        let stream = match tokio::time::timeout(self.connect_timeout, open).await {
+        let stream = match tokio::time::timeout(self.connect_timeout, self.open(peer, addrs)).await
+        {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 return Err(ConnectError::new(failure_of_open(&error), format!("{name}: {error}")));
@@ -96,6 +99,31 @@ impl Gateway {
             None => Ok(stream),
             Some(kind) => {
                 Err(ConnectError::new(kind, format!("{name}:{port}: {}", response.reason)))
+            }
+        }
+    }
+
+    /// Open a stream, trying again after a failed dial or a connection that died under the
+    /// attempt: a dial through a relay fails while our own connection to that relay is still
+    /// being made (at start-up, after the relay restarted), and a connection through a relay
+    /// that was restarted dies once the path is found dead; a moment later a new dial works.
+    /// The caller bounds the whole attempt.
+    async fn open(
+        &self,
+        peer: libp2p::PeerId,
+        addrs: Vec<libp2p::Multiaddr>,
+    ) -> Result<Stream, OpenError> {
+        let mut backoff = Duration::from_millis(100);
+        loop {
+            match self.control.open(peer, addrs.clone()).await {
+                Err(error @ (OpenError::Dial(_) | OpenError::ConnectionLost))
+                    if backoff <= MAX_DIAL_BACKOFF =>
+                {
+                    debug!(%peer, %error, ?backoff, "dial failed; trying again");
+                    tokio::time::sleep(backoff).await;
+                    backoff *= 2;
+                }
+                result => return result,
             }
         }
     }

@@ -152,10 +152,16 @@ pub struct Daemon {
 impl Daemon {
     /// Start `peerup -v run` on `home` and wait until it is ready.
     pub fn start(home: &Home) -> Daemon {
-        let mut child = Command::new(BIN)
+        Daemon::spawn(Command::new(BIN), home, "run")
+    }
+
+    /// Start `peerup --home HOME -v SUBCOMMAND` through `command` (the binary itself, or a
+    /// wrapper such as `ip netns exec NS peerup`) and wait until it is ready.
+    pub fn spawn(mut command: Command, home: &Home, subcommand: &str) -> Daemon {
+        let mut child = command
             .arg("--home")
             .arg(home.path())
-            .args(["-v", "run"])
+            .args(["-v", subcommand])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
             .stdout(Stdio::null())

@@ -56,6 +56,20 @@ pub(crate) fn yamux_config() -> yamux::Config {
     config
 }
 
+/// QUIC notices a dead path (a relay that was killed, a network that changed) within
+/// `max_idle_timeout`; quinn's default of 10 s is most of a connect timeout.
+pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
+    config.max_idle_timeout = 5_000;
+    config.keep_alive_interval = Duration::from_secs(1);
+    config
+}
+
+/// Pings every connection; a connection whose pings fail is closed (see `on_behaviour_event`),
+/// so a TCP path that died silently does not hold tunnels for minutes.
+pub(crate) fn ping_config() -> ping::Config {
+    ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10))
+}
+
 /// The composed behaviour. Field order matters: the gate decides first.
 #[allow(missing_debug_implementations)] // identify's behaviour has no Debug
 #[derive(NetworkBehaviour)]
@@ -170,7 +184,7 @@ impl Node {
                 yamux_config,
             )
             .map_err(|e| build_error(&e))?
-            .with_quic()
+            .with_quic_config(quic_config)
             .with_relay_client((tls::Config::new, noise::Config::new), yamux_config)
             .map_err(|e| build_error(&e))?
             .with_behaviour(move |key, relay_client| Behaviour {
@@ -183,7 +197,7 @@ impl Node {
                     identify::Config::new("/peerup/1.0.0".into(), key.public())
                         .with_agent_version(format!("peerup/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(ping_config()),
                 mdns: Toggle::from(mdns),
             })
             .map_err(|e| build_error(&e))?
@@ -347,6 +361,10 @@ impl Node {
                 }
             },
             BehaviourEvent::RelayClient(event) => debug!(?event, "relay client"),
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }) => {
+                info!(%peer, %error, "ping failed: closing the connection");
+                self.swarm.close_connection(connection);
+            }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 info!(status = ?new, "NAT status");
             }

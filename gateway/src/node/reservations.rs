@@ -5,6 +5,10 @@
 //! (the relay restarted, the network changed). A closed listener is opened again after a
 //! backoff that starts at 250 ms and doubles up to 4 s, so a relay that comes back is used again
 //! within a few seconds.
+//!
+//! One reservation per relay peer: a relay listed with several addresses (TCP and QUIC, say)
+//! gets one reservation on one connection, and a failed attempt moves on to its next address.
+//! (Two reservations on one relay would share a connection and displace each other.)
 
 use std::time::{Duration, Instant, SystemTime};
 
@@ -22,6 +26,9 @@ const MAX_BACKOFF: Duration = Duration::from_secs(4);
 
 #[derive(Debug)]
 struct Slot {
+    /// The relay's addresses, all for the same peer; `current` is in use or tried next.
+    addrs: Vec<RelayAddr>,
+    current: usize,
     relay: RelayAddr,
     listener: Option<ListenerId>,
     reserved_since: Option<SystemTime>,
@@ -47,16 +54,21 @@ pub struct Reservations {
 
 impl Reservations {
     pub fn new(relays: Vec<RelayAddr>) -> Self {
-        let slots = relays
-            .into_iter()
-            .map(|relay| Slot {
-                relay,
-                listener: None,
-                reserved_since: None,
-                failures: 0,
-                retry_at: Some(Instant::now()),
-            })
-            .collect();
+        let mut slots: Vec<Slot> = Vec::new();
+        for relay in relays {
+            match slots.iter_mut().find(|s| s.relay.peer == relay.peer) {
+                Some(slot) => slot.addrs.push(relay),
+                None => slots.push(Slot {
+                    addrs: vec![relay.clone()],
+                    current: 0,
+                    relay,
+                    listener: None,
+                    reserved_since: None,
+                    failures: 0,
+                    retry_at: Some(Instant::now()),
+                }),
+            }
+        }
         Reservations { slots }
     }
 
@@ -71,6 +83,7 @@ impl Reservations {
                 continue;
             }
             slot.retry_at = None;
+            slot.relay = slot.addrs[slot.current % slot.addrs.len()].clone();
             let addr = slot.relay.full().with(Protocol::P2pCircuit);
             match swarm.listen_on(addr.clone()) {
                 Ok(id) => {
@@ -94,7 +107,7 @@ impl Reservations {
     pub fn on_listen_addr(&mut self, id: ListenerId) {
         if let Some(slot) = self.slots.iter_mut().find(|s| s.listener == Some(id)) {
             if slot.reserved_since.is_none() {
-                info!(relay = %slot.relay.peer, "reservation held");
+                info!(relay = %slot.relay.peer, addr = %slot.relay.addr, "reservation held");
                 slot.reserved_since = Some(SystemTime::now());
             }
             slot.failures = 0;
@@ -105,11 +118,15 @@ impl Reservations {
     pub fn on_listener_closed(&mut self, id: ListenerId, reason: &str) {
         let now = Instant::now();
         if let Some(slot) = self.slots.iter_mut().find(|s| s.listener == Some(id)) {
-            let level_was_reserved = slot.reserved_since.is_some();
+            let was_reserved = slot.reserved_since.is_some();
+            if !was_reserved {
+                // This address did not work: try the relay's next one.
+                slot.current = (slot.current + 1) % slot.addrs.len();
+            }
             slot.listener = None;
             slot.reserved_since = None;
             schedule(slot, now);
-            if level_was_reserved {
+            if was_reserved {
                 warn!(relay = %slot.relay.peer, reason, "reservation lost; retrying");
             } else {
                 debug!(relay = %slot.relay.peer, reason, failures = slot.failures, "reservation attempt failed");

@@ -134,11 +134,12 @@ impl RelayNode {
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
                         });
-                    let quic = quic::tokio::Transport::new(quic::Config::new(key)).map(
-                        move |(peer, conn), _| {
-                            (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
-                        },
-                    );
+                    let quic = quic::tokio::Transport::new(crate::node::quic_config(
+                        quic::Config::new(key),
+                    ))
+                    .map(move |(peer, conn), _| {
+                        (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
+                    });
                     Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()))
                 },
             )
@@ -150,7 +151,7 @@ impl RelayNode {
                     identify::Config::new("/peerup/1.0.0".into(), key.public())
                         .with_agent_version(format!("peerup-relay/{}", env!("CARGO_PKG_VERSION"))),
                 ),
-                ping: ping::Behaviour::default(),
+                ping: ping::Behaviour::new(crate::node::ping_config()),
                 autonat: autonat::Behaviour::new(
                     peer,
                     autonat::Config { only_global_ips: false, ..Default::default() },
