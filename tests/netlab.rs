@@ -293,6 +293,33 @@ impl Net {
         (curl, digest)
     }
 
+    /// Wait for B's reservation, then fetch the index page from A; returns the fetch, the time
+    /// the reservation took, and when the fetch started.
+    fn first_fetch(&self, lab: &Lab) -> (Curl, Duration, Instant) {
+        let reserve =
+            wait_until("B's reservation", Duration::from_secs(15), || reserved(&self.home_b));
+        let started = Instant::now();
+        let first = lab.curl("hosta", &self.a, "http://web.lab.p2p/index.html", None);
+        assert!(
+            first.ok && first.stdout.starts_with("hello from B"),
+            "first fetch: {}\n{}",
+            first.stderr,
+            self.logs()
+        );
+        (first, reserve, started)
+    }
+
+    /// Download 64 MiB from B to A and check its SHA-256; returns the fetch and how many
+    /// bytes the relay's circuits carried meanwhile.
+    fn bulk(&self, lab: &Lab) -> (Curl, u64) {
+        let before = circuit_bytes(&self.relay_home);
+        let (bulk, digest) = self.fetch_big(lab);
+        let after = circuit_bytes(&self.relay_home);
+        assert!(bulk.ok, "bulk fetch: {}\n{}", bulk.stderr, self.logs());
+        assert_eq!(digest, self.big_digest(), "64 MiB arrived intact");
+        (bulk, after - before)
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- relay\n{}\n--- A\n{}\n--- B\n{}",
@@ -307,16 +334,7 @@ impl Net {
 fn restricted_nats_start_relayed_then_go_direct_and_bulk_bypasses_the_relay() {
     let Some(lab) = Lab::up("restricted", "restricted", "restricted") else { return };
     let net = Net::start(&lab, true);
-    let reserve = wait_until("B's reservation", Duration::from_secs(15), || reserved(&net.home_b));
-
-    let started = Instant::now();
-    let first = lab.curl("hosta", &net.a, "http://web.lab.p2p/index.html", None);
-    assert!(
-        first.ok && first.stdout.starts_with("hello from B"),
-        "first fetch: {}\n{}",
-        first.stderr,
-        net.logs()
-    );
+    let (first, reserve, started) = net.first_fetch(&lab);
     let circuits = status(&net.relay_home)["circuits"].clone();
     let through_relay = circuits.as_array().is_some_and(|c| {
         c.iter().any(|c| {
@@ -331,21 +349,12 @@ fn restricted_nats_start_relayed_then_go_direct_and_bulk_bypasses_the_relay() {
     });
     let upgraded = started.elapsed();
 
-    let before = circuit_bytes(&net.relay_home);
-    let (bulk, digest) = net.fetch_big(&lab);
-    let after = circuit_bytes(&net.relay_home);
-    assert!(bulk.ok, "bulk fetch: {}\n{}", bulk.stderr, net.logs());
-    assert_eq!(digest, net.big_digest(), "64 MiB arrived intact");
-    assert!(
-        after - before < 1 << 20,
-        "the bulk transfer did not cross the relay: {} bytes did",
-        after - before
-    );
+    let (bulk, relayed) = net.bulk(&lab);
+    assert!(relayed < 1 << 20, "the bulk transfer did not cross the relay: {relayed} bytes did");
     report(format!(
-        "netlab restricted: reservation {reserve:?}; first byte over the relay {:.3}s; direct path after {upgraded:?}; 64 MiB direct in {:.2}s; relay carried {} bytes of it",
+        "netlab restricted: reservation {reserve:?}; first byte over the relay {:.3}s; direct path {upgraded:?} after the first request; 64 MiB direct in {:.2}s; relay carried {relayed} bytes of it",
         first.ttfb(),
         bulk.total(),
-        after - before
     ));
 }
 
@@ -353,36 +362,20 @@ fn restricted_nats_start_relayed_then_go_direct_and_bulk_bypasses_the_relay() {
 fn symmetric_nats_stay_relayed_and_still_carry_bulk_intact() {
     let Some(lab) = Lab::up("symmetric", "symmetric", "symmetric") else { return };
     let net = Net::start(&lab, true);
-    wait_until("B's reservation", Duration::from_secs(15), || reserved(&net.home_b));
-    let first = lab.curl("hosta", &net.a, "http://web.lab.p2p/index.html", None);
-    assert!(
-        first.ok && first.stdout.starts_with("hello from B"),
-        "first fetch: {}\n{}",
-        first.stderr,
-        net.logs()
-    );
+    let (first, _, _) = net.first_fetch(&lab);
     let punch_failed = |log: &support::Log| log.text().contains("hole punching failed");
     wait_until("a failed hole punch", Duration::from_secs(60), || {
         punch_failed(&net.a.log) || punch_failed(&net.b.log)
     });
 
-    let before = circuit_bytes(&net.relay_home);
-    let (bulk, digest) = net.fetch_big(&lab);
-    let after = circuit_bytes(&net.relay_home);
-    assert!(bulk.ok, "bulk fetch: {}\n{}", bulk.stderr, net.logs());
-    assert_eq!(digest, net.big_digest(), "64 MiB arrived intact");
+    let (bulk, relayed) = net.bulk(&lab);
     let paths = paths_to(&net.home_a, &net.home_b.peer_id);
     assert!(paths.iter().all(|p| p == "relayed") && !paths.is_empty(), "still relayed: {paths:?}");
-    assert!(
-        after - before >= BIG as u64,
-        "the transfer crossed the relay: {} bytes",
-        after - before
-    );
+    assert!(relayed >= BIG as u64, "the transfer crossed the relay: {relayed} bytes");
     report(format!(
-        "netlab symmetric: first byte over the relay {:.3}s; 64 MiB relayed in {:.2}s; relay carried {} bytes",
+        "netlab symmetric: first byte over the relay {:.3}s; 64 MiB relayed in {:.2}s; relay carried {relayed} bytes",
         first.ttfb(),
         bulk.total(),
-        after - before
     ));
 }
 
@@ -410,9 +403,7 @@ fn a_host_outside_the_relays_members_can_neither_reserve_nor_be_reached() {
 fn a_restarted_relay_has_reservations_back_within_ten_seconds() {
     let Some(lab) = Lab::up("relay-restart", "symmetric", "symmetric") else { return };
     let mut net = Net::start(&lab, true);
-    wait_until("B's reservation", Duration::from_secs(15), || reserved(&net.home_b));
-    let first = lab.curl("hosta", &net.a, "http://web.lab.p2p/index.html", None);
-    assert!(first.ok, "before the restart: {}\n{}", first.stderr, net.logs());
+    net.first_fetch(&lab);
 
     let _ = net.relay.child.kill();
     let _ = net.relay.child.wait();
