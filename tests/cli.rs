@@ -162,7 +162,7 @@ fn auth_for_a_service_without_its_own_file_says_what_to_add() {
 #[test]
 fn the_shipped_configs_pass_config_check() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    for example in ["configs/peerup.yaml", "configs/reference.yaml"] {
+    for example in ["configs/peerup.yaml", "configs/reference.yaml", "configs/relay.yaml"] {
         let home = Home::init();
         std::fs::copy(root.join(example), home.file("config.yaml")).unwrap();
         home.write_private("ssh_authorized_keys", "");

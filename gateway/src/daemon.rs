@@ -51,6 +51,11 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error(
+        "the relay has no member list at {path}; add members with `peerup auth add PEER --relay`",
+        path = .0.display()
+    )]
+    NoMembers(PathBuf),
     #[error("cannot bind the SOCKS listener {addr}: {source}")]
     Socks { addr: SocketAddr, source: std::io::Error },
 }

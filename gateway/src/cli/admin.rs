@@ -197,9 +197,14 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
     identity::load(&home.identity()).map_err(Failure::usage)?;
     for (_, path) in referenced_key_files(home, &config) {
-        if path.exists() || config.authorized_keys != path {
+        if path.exists() || home.join(&config.authorized_keys) != path {
             load_keys(&path).map_err(Failure::usage)?;
         }
+    }
+    // The relay's member list matters only where `peerup relay` runs: check it if present.
+    let members = home.join(&config.relay.authorized_keys);
+    if members.exists() {
+        load_keys(&members).map_err(Failure::usage)?;
     }
     let lists = AccessLists::load(home, &config).map_err(Failure::usage)?;
     let names = load_names(home, &config).map_err(Failure::usage)?;

@@ -38,7 +38,11 @@ impl RelayDaemon {
         home.check()?;
         let config = Config::load(&home.config())?;
         let keypair = identity::load(&home.identity())?;
-        let members = load_keys(&home.join(&config.relay.authorized_keys))?;
+        let members_path = home.join(&config.relay.authorized_keys);
+        if !members_path.exists() {
+            return Err(StartError::NoMembers(members_path));
+        }
+        let members = load_keys(&members_path)?;
         let access = Arc::new(Access::new(AccessLists::members(&members)));
         let control = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
