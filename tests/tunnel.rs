@@ -197,3 +197,35 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
     let status = a.wait();
     assert!(status.success(), "A exits cleanly: {status:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_shows_the_peer_and_its_direct_path() {
+    let web = services::http(PAGE).await;
+    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let _tunnel = socks::connect(pair.b.socks(), "home.alice.p2p", 80).await.expect("tunnel");
+    let out = support::peerup(pair.home_b.path(), &["status", "--json"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let peer = status["peers"]
+        .as_array()
+        .and_then(|peers| peers.iter().find(|p| p["peer"] == pair.home_a.peer_id.as_str()))
+        .unwrap_or_else(|| panic!("A is listed: {status}"));
+    assert_eq!(peer["connections"][0]["path"], "direct");
+    assert_eq!(peer["connections"][0]["transport"], "tcp");
+    let text = support::peerup(pair.home_b.path(), &["status"]);
+    let text = String::from_utf8_lossy(&text.stdout);
+    assert!(text.contains(&pair.home_a.peer_id) && text.contains("direct"), "{text}");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_second_daemon_on_the_same_home_refuses_to_start() {
+    let home = support::Home::init();
+    home.write_config("");
+    let _first = support::Daemon::start(&home);
+    let out = support::peerup(home.path(), &["run"]);
+    assert_eq!(out.status.code(), Some(2));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("another peerup daemon is running"), "{err}");
+}
