@@ -320,6 +320,14 @@ impl Net {
         (bulk, after - before)
     }
 
+    /// `wait_until`, showing every log when it fails.
+    fn wait_until(&self, what: &str, limit: Duration, check: impl FnMut() -> bool) -> Duration {
+        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            wait_until(what, limit, check)
+        }));
+        result.unwrap_or_else(|_| panic!("{what}: not within {limit:?}\n{}", self.logs()))
+    }
+
     fn logs(&self) -> String {
         format!(
             "--- relay\n{}\n--- A\n{}\n--- B\n{}",
@@ -344,7 +352,7 @@ fn restricted_nats_start_relayed_then_go_direct_and_bulk_bypasses_the_relay() {
     assert!(through_relay, "the first connection went through the relay: {circuits}");
 
     let b_peer = net.home_b.peer_id.clone();
-    wait_until("a direct path from A to B", Duration::from_secs(30), || {
+    net.wait_until("a direct path from A to B", Duration::from_secs(30), || {
         paths_to(&net.home_a, &b_peer).iter().any(|p| p == "direct")
     });
     let upgraded = started.elapsed();
@@ -364,7 +372,7 @@ fn symmetric_nats_stay_relayed_and_still_carry_bulk_intact() {
     let net = Net::start(&lab, true);
     let (first, _, _) = net.first_fetch(&lab);
     let punch_failed = |log: &support::Log| log.text().contains("hole punching failed");
-    wait_until("a failed hole punch", Duration::from_secs(60), || {
+    net.wait_until("a failed hole punch", Duration::from_secs(60), || {
         punch_failed(&net.a.log) || punch_failed(&net.b.log)
     });
 

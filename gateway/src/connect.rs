@@ -129,15 +129,18 @@ impl Gateway {
     }
 
     /// The relays to reach `name` through: its network's, or every network's for a bare peer
-    /// label.
-    fn relays_for<'a>(&'a self, name: &Name) -> Box<dyn Iterator<Item = &'a RelayAddr> + 'a> {
-        match name.network() {
+    /// label; one address per relay, the first listed. Dialling a relay on one transport only
+    /// matters for hole punching: a peer learns its public address from the connection it has to
+    /// the relay, and both peers must learn addresses of the same transport (TCP with TCP, QUIC
+    /// with QUIC) for their simultaneous dials to meet. The reservation also starts on the first
+    /// address; when it is not connected there, its connection is reused for circuits anyway.
+    fn relays_for<'a>(&'a self, name: &Name) -> impl Iterator<Item = &'a RelayAddr> + 'a {
+        let candidates: Box<dyn Iterator<Item = &'a RelayAddr> + 'a> = match name.network() {
             Some(network) => Box::new(self.relays.get(network).into_iter().flatten()),
-            None => {
-                let mut seen = std::collections::HashSet::new();
-                Box::new(self.relays.values().flatten().filter(move |r| seen.insert(r.peer)))
-            }
-        }
+            None => Box::new(self.relays.values().flatten()),
+        };
+        let mut seen = std::collections::HashSet::new();
+        candidates.filter(move |relay| seen.insert(relay.peer))
     }
 
     async fn direct(&self, target: &Target) -> Result<TcpStream, ConnectError> {

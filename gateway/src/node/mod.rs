@@ -173,7 +173,11 @@ impl Node {
             peer,
             autonat::Config { only_global_ips: false, ..Default::default() },
         );
-        for relay in &options.relays {
+        // One address per relay (the first listed), as for reservations and circuits: a relay
+        // reached on a second transport would give us public addresses of the wrong kind for
+        // hole punching (see `connect::Gateway::relays_for`).
+        let mut servers = HashSet::new();
+        for relay in options.relays.iter().filter(|r| servers.insert(r.peer)) {
             autonat.add_server(relay.peer, Some(relay.full()));
         }
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
@@ -193,9 +197,12 @@ impl Node {
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat,
+                // No address cache: identify would offer a peer's every listen address to our
+                // dials, and we dial only the addresses we chose.
                 identify: identify::Behaviour::new(
                     identify::Config::new("/peerup/1.0.0".into(), key.public())
-                        .with_agent_version(format!("peerup/{}", env!("CARGO_PKG_VERSION"))),
+                        .with_agent_version(format!("peerup/{}", env!("CARGO_PKG_VERSION")))
+                        .with_cache_size(0),
                 ),
                 ping: ping::Behaviour::new(ping_config()),
                 mdns: Toggle::from(mdns),
