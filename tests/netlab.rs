@@ -86,6 +86,12 @@ impl Lab {
     /// curl through a gateway's SOCKS listener, inside `node`. Returns (exit ok, body, stderr,
     /// seconds to first byte).
     fn curl(&self, node: &str, gateway: &Daemon, url: &str, out: Option<&Path>) -> Curl {
+        let output = self.curl_command(node, gateway, url, out).output().expect("curl");
+        Curl::from(output)
+    }
+
+    /// The curl command of [`Lab::curl`], to run in the background.
+    fn curl_command(&self, node: &str, gateway: &Daemon, url: &str, out: Option<&Path>) -> Command {
         let mut command = self.command(node, "curl");
         command.args([
             "-sS",
@@ -99,7 +105,13 @@ impl Lab {
         if let Some(path) = out {
             command.arg("-o").arg(path);
         }
-        let output = command.arg(url).output().expect("curl");
+        command.arg(url);
+        command
+    }
+}
+
+impl From<std::process::Output> for Curl {
+    fn from(output: std::process::Output) -> Curl {
         Curl {
             ok: output.status.success(),
             stdout: String::from_utf8_lossy(&output.stdout).into_owned(),
@@ -340,29 +352,64 @@ impl Net {
 
 #[test]
 fn restricted_nats_start_relayed_then_go_direct_and_bulk_bypasses_the_relay() {
-    let Some(lab) = Lab::up("restricted", "restricted", "restricted") else { return };
+    goes_direct("restricted", "restricted", "restricted");
+}
+
+#[test]
+fn full_cone_and_restricted_nats_go_direct_too() {
+    goes_direct("fullcone", "fullcone", "restricted");
+}
+
+/// The first connection is relayed; a long transfer started on it finishes there, intact,
+/// while hole punching gives a direct path that a later 64 MiB transfer takes instead.
+fn goes_direct(test: &str, mode_a: &str, mode_b: &str) {
+    let Some(lab) = Lab::up(test, mode_a, mode_b) else { return };
     let net = Net::start(&lab, true);
-    let (first, reserve, started) = net.first_fetch(&lab);
-    let circuits = status(&net.relay_home)["circuits"].clone();
-    let through_relay = circuits.as_array().is_some_and(|c| {
-        c.iter().any(|c| {
-            c["src"] == net.home_a.peer_id.as_str() && c["dst"] == net.home_b.peer_id.as_str()
+    let reserve = wait_until("B's reservation", Duration::from_secs(15), || reserved(&net.home_b));
+
+    let long_out = tempfile::NamedTempFile::new().unwrap();
+    let started = Instant::now();
+    let long = lab
+        .curl_command("hosta", &net.a, "http://web.lab.p2p/big.bin", Some(long_out.path()))
+        .args(["--limit-rate", "8M"])
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("curl");
+    let (a_peer, b_peer) = (net.home_a.peer_id.clone(), net.home_b.peer_id.clone());
+    net.wait_until("the first connection, through the relay", Duration::from_secs(10), || {
+        let circuits = status(&net.relay_home)["circuits"].clone();
+        circuits.as_array().is_some_and(|c| {
+            c.iter().any(|c| c["src"] == a_peer.as_str() && c["dst"] == b_peer.as_str())
         })
     });
-    assert!(through_relay, "the first connection went through the relay: {circuits}");
-
-    let b_peer = net.home_b.peer_id.clone();
     net.wait_until("a direct path from A to B", Duration::from_secs(30), || {
         paths_to(&net.home_a, &b_peer).iter().any(|p| p == "direct")
     });
     let upgraded = started.elapsed();
 
-    let (bulk, relayed) = net.bulk(&lab);
-    assert!(relayed < 1 << 20, "the bulk transfer did not cross the relay: {relayed} bytes did");
+    let (bulk, _) = net.bulk(&lab);
+    let long = Curl::from(long.wait_with_output().expect("curl"));
+    assert!(long.ok, "the long relayed transfer: {}\n{}", long.stderr, net.logs());
+    let long_digest = {
+        use sha2::Digest;
+        sha2::Sha256::digest(std::fs::read(long_out.path()).unwrap()).to_vec()
+    };
+    assert_eq!(long_digest, net.big_digest(), "the long transfer finished on the relay, intact");
+    let relayed = circuit_bytes(&net.relay_home);
+    assert!(
+        relayed >= BIG as u64,
+        "the long transfer stayed on the relay: {relayed} bytes relayed"
+    );
+    assert!(
+        relayed < BIG as u64 + (2 << 20),
+        "the 64 MiB after the upgrade did not cross the relay: {relayed} bytes relayed in all"
+    );
     report(format!(
-        "netlab restricted: reservation {reserve:?}; first byte over the relay {:.3}s; direct path {upgraded:?} after the first request; 64 MiB direct in {:.2}s; relay carried {relayed} bytes of it",
-        first.ttfb(),
+        "netlab {test}: reservation {reserve:?}; first byte over the relay {:.3}s; direct path {upgraded:?} after the first request; 64 MiB direct in {:.2}s; relay carried {} bytes besides the 64 MiB that began on it",
+        long.ttfb(),
         bulk.total(),
+        relayed - BIG as u64,
     ));
 }
 

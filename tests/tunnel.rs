@@ -214,6 +214,12 @@ async fn status_shows_the_peer_and_its_direct_path() {
         .unwrap_or_else(|| panic!("A is listed: {status}"));
     assert_eq!(peer["connections"][0]["path"], "direct");
     assert_eq!(peer["connections"][0]["transport"], "tcp");
+    let mode = std::fs::metadata(&pair.b.state.control).unwrap().permissions();
+    assert_eq!(
+        std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,
+        0o600,
+        "control socket is private"
+    );
     let text = support::peerup(pair.home_b.path(), &["status"]);
     let text = String::from_utf8_lossy(&text.stdout);
     assert!(text.contains(&pair.home_a.peer_id) && text.contains("direct"), "{text}");
