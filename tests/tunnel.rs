@@ -235,3 +235,55 @@ async fn a_second_daemon_on_the_same_home_refuses_to_start() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("another peerup daemon is running"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_home_too_deep_for_a_socket_path_still_gets_a_control_socket() {
+    let base = tempfile::tempdir().unwrap();
+    let deep = base
+        .path()
+        .join("a-directory-name-long-enough-to-push-the-socket-path")
+        .join("past-the-limit-of-sun_path");
+    std::fs::create_dir_all(&deep).unwrap();
+    let runtime = tempfile::tempdir().unwrap();
+    let out = std::process::Command::new(support::BIN)
+        .arg("--home")
+        .arg(&deep)
+        .arg("init")
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    std::fs::write(
+        deep.join("config.yaml"),
+        "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0 }\n",
+    )
+    .unwrap();
+    let mut command = std::process::Command::new(support::BIN);
+    command.env("XDG_RUNTIME_DIR", runtime.path());
+    let mut child = command
+        .arg("--home")
+        .arg(&deep)
+        .arg("run")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let log = support::Log::default();
+    log.clone().capture(child.stderr.take().unwrap());
+    assert!(
+        log.wait_for(|l| l.contains(" ready "), support::READY_TIMEOUT).is_some(),
+        "{}",
+        log.text()
+    );
+    let state: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(deep.join("state.json")).unwrap()).unwrap();
+    let control = std::path::PathBuf::from(state["control"].as_str().unwrap());
+    assert!(control.starts_with(runtime.path()), "{control:?}");
+    let out = std::process::Command::new(support::BIN)
+        .arg("--home")
+        .arg(&deep)
+        .args(["status", "--json"])
+        .output()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}

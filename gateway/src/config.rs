@@ -226,6 +226,9 @@ fn default_max_circuits_per_peer() -> usize {
 fn default_reservation_duration() -> Dur {
     Dur(Duration::from_secs(3600))
 }
+/// Far more tunnel streams than a machine can carry, far fewer than a semaphore can count.
+pub const MAX_STREAMS_TOTAL: usize = 1 << 20;
+
 /// The longest circuit the relay protocol can express.
 pub const MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
 fn default_circuit_duration() -> Dur {
@@ -363,13 +366,25 @@ impl Config {
                 return Err(ConfigError::invalid(path, key, "must be more than 0"));
             }
         }
-        let relay = &self.relay.limits;
-        if relay.circuit_duration.0 > MAX_CIRCUIT_DURATION {
+        if limits.streams_total > MAX_STREAMS_TOTAL {
             return Err(ConfigError::invalid(
                 path,
-                "relay.limits.circuit_duration",
-                format!("at most {} seconds (u32::MAX)", u32::MAX),
+                "limits.streams_total",
+                format!("at most {MAX_STREAMS_TOTAL}"),
             ));
+        }
+        let relay = &self.relay.limits;
+        for (key, value) in [
+            ("relay.limits.circuit_duration", relay.circuit_duration),
+            ("relay.limits.reservation_duration", relay.reservation_duration),
+        ] {
+            if value.0.is_zero() || value.0 > MAX_CIRCUIT_DURATION {
+                return Err(ConfigError::invalid(
+                    path,
+                    key,
+                    format!("must be more than 0 and at most {} seconds (u32::MAX)", u32::MAX),
+                ));
+            }
         }
         for (key, value) in [
             ("relay.limits.reservations_per_minute", relay.reservations_per_minute),

@@ -60,15 +60,20 @@ impl Gateway {
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
-        let stream = match tokio::time::timeout(self.connect_timeout, self.open(peer, addrs)).await
-        {
+        // One deadline for reaching the peer and hearing its answer.
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        let stream = match tokio::time::timeout_at(deadline, self.open(peer, addrs)).await {
             Ok(Ok(stream)) => stream,
             Ok(Err(error)) => {
                 return Err(ConnectError::new(failure_of_open(&error), format!("{name}: {error}")));
             }
+            Err(_) if self.control.is_connected(&peer) => {
+                let message = format!("{name}: {peer} did not accept a stream in time");
+                return Err(ConnectError::new(FailureKind::TimedOut, message));
+            }
             Err(_) => {
                 let message =
-                    format!("{name}: no connection to {peer} within {:?}", self.connect_timeout);
+                    format!("{name}: no path to {peer} within {:?}", self.connect_timeout);
                 return Err(ConnectError::new(FailureKind::Unreachable, message));
             }
         };
@@ -80,7 +85,7 @@ impl Gateway {
             let response = Response::read(&mut stream).await.map_err(std::io::Error::other);
             response.map_err(|e| sent.err().unwrap_or(e))
         };
-        let response = match tokio::time::timeout(self.connect_timeout, exchange).await {
+        let response = match tokio::time::timeout_at(deadline, exchange).await {
             Ok(Ok(response)) => response,
             Ok(Err(error)) => {
                 return Err(ConnectError::new(

@@ -27,19 +27,39 @@ const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
 pub enum ControlError {
     #[error("another peerup daemon is running in this home (its control socket {0} answers)")]
     Running(PathBuf),
+    #[error("no safe place for the control socket: {0}; set XDG_RUNTIME_DIR")]
+    Unsafe(String),
     #[error("control socket {path}: {source}", path = path.display())]
     Io { path: PathBuf, source: std::io::Error },
 }
 
-/// Where the control socket of `home` lives.
-pub fn socket_path(home: &Home) -> PathBuf {
+/// Where the control socket of `home` lives: in the home, or when that path is too long for a
+/// socket, in `$XDG_RUNTIME_DIR` (or else a private `peerup-<uid>` directory in the temp dir,
+/// created 0700 and refused if someone else owns it or can enter it).
+pub fn socket_path(home: &Home) -> Result<PathBuf, ControlError> {
+    use std::os::unix::fs::MetadataExt;
     let path = home.dir().join("control.sock");
     if path.as_os_str().len() <= MAX_SOCKET_PATH {
-        return path;
+        return Ok(path);
     }
-    let runtime =
-        std::env::var_os("XDG_RUNTIME_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir);
-    runtime.join(format!("peerup-{:016x}.sock", fnv1a(home.dir().as_os_str().as_encoded_bytes())))
+    let name = format!("peerup-{:016x}.sock", fnv1a(home.dir().as_os_str().as_encoded_bytes()));
+    if let Some(runtime) = std::env::var_os("XDG_RUNTIME_DIR") {
+        return Ok(PathBuf::from(runtime).join(name));
+    }
+    let uid = crate::files::my_uid();
+    let dir = std::env::temp_dir().join(format!("peerup-{uid}"));
+    crate::files::create_private_dir(&dir).map_err(|e| ControlError::Unsafe(e.to_string()))?;
+    let meta =
+        std::fs::metadata(&dir).map_err(|source| ControlError::Io { path: dir.clone(), source })?;
+    if meta.uid() != uid || meta.mode() & 0o077 != 0 {
+        return Err(ControlError::Unsafe(format!(
+            "{} is not a private directory of ours (owner {}, mode {:o})",
+            dir.display(),
+            meta.uid(),
+            meta.mode() & 0o777
+        )));
+    }
+    Ok(dir.join(name))
 }
 
 fn fnv1a(bytes: &[u8]) -> u64 {
@@ -57,7 +77,7 @@ pub struct ControlServer {
 
 impl ControlServer {
     pub async fn bind(home: &Home) -> Result<ControlServer, ControlError> {
-        let path = socket_path(home);
+        let path = socket_path(home)?;
         let io = |source| ControlError::Io { path: path.clone(), source };
         if path.exists() {
             if UnixStream::connect(&path).await.is_ok() {

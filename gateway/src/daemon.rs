@@ -9,7 +9,6 @@
 
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
-use std::os::unix::fs::MetadataExt;
 use std::path::PathBuf;
 use std::sync::Arc;
 
@@ -51,6 +50,8 @@ pub enum StartError {
     Node(#[from] NodeError),
     #[error(transparent)]
     Control(#[from] crate::control::ControlError),
+    #[error("the libp2p node stopped unexpectedly ({0}); the daemon cannot serve without it")]
+    NodeStopped(String),
     #[error(
         "the relay has no member list at {path}; add members with `peerup auth add PEER --relay`",
         path = .0.display()
@@ -118,13 +119,34 @@ pub struct State {
 
 /// Run the gateway until SIGINT or SIGTERM, then drain.
 pub async fn run(home: Home) -> Result<(), StartError> {
-    if std::fs::metadata("/proc/self").is_ok_and(|m| m.uid() == 0) {
+    if files::my_uid() == 0 {
         warn!("running as root: peerup never needs root; run it as your user");
     }
-    let daemon = Daemon::start(home).await?;
-    shutdown_signal().await;
+    let mut daemon = Daemon::start(home).await?;
+    let outcome = until_signal_or_failure(&mut daemon.node).await;
     daemon.shutdown().await;
-    Ok(())
+    outcome
+}
+
+/// Wait for SIGINT/SIGTERM, or for the swarm's task to end on its own: then the daemon can no
+/// longer serve, and says so instead of running on with a stale state.json.
+pub(crate) async fn until_signal_or_failure(
+    node: &mut tokio::task::JoinHandle<()>,
+) -> Result<(), StartError> {
+    tokio::select! {
+        () = shutdown_signal() => Ok(()),
+        ended = node => Err(StartError::NodeStopped(match ended {
+            Ok(()) => "it ended".into(),
+            Err(e) => e.to_string(),
+        })),
+    }
+}
+
+/// Wait for a task unless it already ended (a JoinHandle must not be polled after completion).
+pub(crate) async fn join(task: tokio::task::JoinHandle<()>) {
+    if !task.is_finished() {
+        let _ = task.await;
+    }
 }
 
 /// A running gateway: every listener bound, state.json written.
@@ -137,6 +159,8 @@ pub struct Daemon {
     stop_node: CancellationToken,
     tasks: TaskTracker,
     accept_loops: Vec<tokio::task::JoinHandle<()>>,
+    /// The swarm's task; watched, since the daemon is useless without it.
+    node: tokio::task::JoinHandle<()>,
     background: Vec<tokio::task::JoinHandle<()>>,
 }
 
@@ -192,8 +216,8 @@ impl Daemon {
         state.libp2p = addrs.borrow().iter().map(ToString::to_string).collect();
         write_state(&home, &state);
         let (status_tx, status_rx) = mpsc::channel(8);
+        let node = tokio::spawn(node.run(stop_node.clone(), status_rx));
         let background = vec![
-            tokio::spawn(node.run(stop_node.clone(), status_rx)),
             tokio::spawn(keep_state(home.clone(), state.clone(), addrs, stop_node.clone())),
             tokio::spawn(control_server.run(status_tx, stop_node.clone())),
         ];
@@ -210,6 +234,7 @@ impl Daemon {
             stop_node,
             tasks,
             accept_loops,
+            node,
             background,
         })
     }
@@ -232,8 +257,9 @@ impl Daemon {
             warn!(open = self.tasks.len(), "tunnels still open at the deadline: closing them");
         }
         self.stop_node.cancel();
+        join(self.node).await;
         for task in self.background {
-            let _ = task.await;
+            join(task).await;
         }
         let _ = std::fs::remove_file(self.home.state());
         info!("stopped");

@@ -30,6 +30,11 @@ pub enum FileError {
         path = path.display()
     )]
     Writable { path: PathBuf, mode: u32 },
+    #[error(
+        "{path} is owned by another user (uid {owner}); it must be yours or root's",
+        path = path.display()
+    )]
+    Owner { path: PathBuf, owner: u32 },
     #[error("{path}: {source}", path = path.display())]
     Io { path: PathBuf, source: io::Error },
 }
@@ -82,13 +87,25 @@ impl Home {
     }
 }
 
-/// Refuse a file or directory that group or others can write.
+/// Refuse a file or directory that group or others can write, or that another user owns (as
+/// sshd's StrictModes: whoever owns it can change it).
 pub fn check_not_writable(path: &Path) -> Result<(), FileError> {
-    let mode = mode_of(path)?;
+    use std::os::unix::fs::MetadataExt;
+    let meta = fs::metadata(path).map_err(|e| FileError::io(path, e))?;
+    let mode = meta.mode();
     if mode & 0o022 != 0 {
         return Err(FileError::Writable { path: path.to_owned(), mode: mode & 0o777 });
     }
+    if meta.uid() != my_uid() && meta.uid() != 0 {
+        return Err(FileError::Owner { path: path.to_owned(), owner: meta.uid() });
+    }
     Ok(())
+}
+
+/// The uid this process runs as (the owner of its /proc entry).
+pub fn my_uid() -> u32 {
+    use std::os::unix::fs::MetadataExt;
+    fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
 /// Refuse a secret that group or others can read or write.

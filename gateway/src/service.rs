@@ -149,12 +149,12 @@ impl ServiceHost {
     }
 
     fn try_slot(self: &Arc<Self>, peer: PeerId) -> Option<Slot> {
+        let total = self.total.clone().try_acquire_owned().ok()?;
         let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
         let count = per_peer.entry(peer).or_default();
         if *count >= self.limits.per_peer {
             return None;
         }
-        let total = self.total.clone().try_acquire_owned().ok()?;
         *count += 1;
         Some(Slot { host: self.clone(), peer, _total: total })
     }

@@ -92,7 +92,7 @@ pub struct Log {
 }
 
 impl Log {
-    fn capture(self, stderr: impl std::io::Read + Send + 'static) {
+    pub fn capture(self, stderr: impl std::io::Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };

@@ -11,9 +11,10 @@
 //! that closes before any tunnel stream succeeded on it fails its pending requests with
 //! [`OpenError::ClosedAtHandshake`]: that is how the peer's handshake gate looks from here.
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{HashMap, HashSet, VecDeque};
+use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
@@ -82,7 +83,11 @@ struct OpenRequest {
 #[derive(Debug, Clone)]
 pub struct Control {
     requests: mpsc::Sender<OpenRequest>,
+    connected: Connected,
 }
+
+/// Peers with at least one connection, shared between the behaviour and its controls.
+type Connected = Arc<RwLock<HashSet<PeerId>>>;
 
 impl Control {
     /// Open a stream to `peer`, dialing `addrs` if no connection exists.
@@ -94,15 +99,35 @@ impl Control {
             .map_err(|_| OpenError::Shutdown)?;
         answer.await.map_err(|_| OpenError::Shutdown)?
     }
+
+    /// Whether a connection to `peer` exists (to tell "no path" from "no answer").
+    pub fn is_connected(&self, peer: &PeerId) -> bool {
+        self.connected.read().unwrap_or_else(|e| e.into_inner()).contains(peer)
+    }
 }
 
 #[derive(Debug)]
 struct Conn {
     id: ConnectionId,
     relayed: bool,
+    /// We dialled it (as opposed to accepting it).
+    dialer: bool,
+    since: Instant,
     /// A tunnel stream succeeded on it, either way.
     proven: bool,
 }
+
+impl Conn {
+    /// Closing now looks like the remote's handshake gate: a connection we dialled, closed by
+    /// the peer moments after it was set up, before any stream. Any other close is a lost
+    /// connection, and worth another try.
+    fn closed_at_handshake(&self) -> bool {
+        self.dialer && !self.proven && self.since.elapsed() < GATE_CLOSE_WINDOW
+    }
+}
+
+/// How soon after set-up a close counts as the remote's gate refusing us.
+const GATE_CLOSE_WINDOW: Duration = Duration::from_secs(2);
 
 type Reply = oneshot::Sender<Result<Stream, OpenError>>;
 
@@ -122,15 +147,18 @@ pub struct Behaviour {
     events: VecDeque<ToSwarm<(), HandlerIn>>,
     /// Addresses learned for peers (LAN discovery), added to our dials.
     known: HashMap<PeerId, Vec<Multiaddr>>,
+    connected: Connected,
 }
 
-/// Addresses remembered per peer.
+/// Addresses remembered per peer, and peers remembered (anyone on the LAN can announce one).
 const KNOWN_ADDRS_PER_PEER: usize = 8;
+const KNOWN_PEERS: usize = 1024;
 
 impl Behaviour {
     /// A behaviour delivering inbound streams on `inbound`, and the control to open streams.
     pub fn new(inbound: mpsc::Sender<Inbound>) -> (Behaviour, Control) {
         let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
+        let connected = Connected::default();
         let behaviour = Behaviour {
             requests: rx,
             inbound,
@@ -141,8 +169,9 @@ impl Behaviour {
             next_id: 0,
             events: VecDeque::new(),
             known: HashMap::new(),
+            connected: connected.clone(),
         };
-        (behaviour, Control { requests: tx })
+        (behaviour, Control { requests: tx, connected })
     }
 
     /// The connection new streams to `peer` go on: direct before relayed, newest first.
@@ -249,8 +278,15 @@ impl NetworkBehaviour for Behaviour {
             FromSwarm::ConnectionEstablished(e) => {
                 self.dials.remove(&e.connection_id);
                 let relayed = is_relayed(e.endpoint);
-                let conns = self.connections.entry(e.peer_id).or_default();
-                conns.push(Conn { id: e.connection_id, relayed, proven: false });
+                let conn = Conn {
+                    id: e.connection_id,
+                    relayed,
+                    dialer: e.endpoint.is_dialer(),
+                    since: Instant::now(),
+                    proven: false,
+                };
+                self.connections.entry(e.peer_id).or_default().push(conn);
+                self.connected.write().unwrap_or_else(|e| e.into_inner()).insert(e.peer_id);
                 if let Some(waiting) = self.waiting.remove(&e.peer_id) {
                     let connection = self.pick(&e.peer_id).unwrap_or(e.connection_id);
                     for reply in waiting {
@@ -259,17 +295,21 @@ impl NetworkBehaviour for Behaviour {
                 }
             }
             FromSwarm::ConnectionClosed(e) => {
-                let mut proven = false;
+                let mut gate = false;
                 if let Some(conns) = self.connections.get_mut(&e.peer_id) {
                     if let Some(pos) = conns.iter().position(|c| c.id == e.connection_id) {
-                        proven = conns.remove(pos).proven;
+                        gate = conns.remove(pos).closed_at_handshake();
                     }
                     if conns.is_empty() {
                         self.connections.remove(&e.peer_id);
+                        self.connected
+                            .write()
+                            .unwrap_or_else(|e| e.into_inner())
+                            .remove(&e.peer_id);
                     }
                 }
                 let error =
-                    if proven { OpenError::ConnectionLost } else { OpenError::ClosedAtHandshake };
+                    if gate { OpenError::ClosedAtHandshake } else { OpenError::ConnectionLost };
                 let failed: Vec<u64> = self
                     .in_flight
                     .iter()
@@ -283,6 +323,9 @@ impl NetworkBehaviour for Behaviour {
                 }
             }
             FromSwarm::NewExternalAddrOfPeer(e) => {
+                if self.known.len() >= KNOWN_PEERS && !self.known.contains_key(&e.peer_id) {
+                    return;
+                }
                 let known = self.known.entry(e.peer_id).or_default();
                 if !known.contains(e.addr) {
                     if known.len() == KNOWN_ADDRS_PER_PEER {

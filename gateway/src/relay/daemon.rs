@@ -12,16 +12,16 @@ use crate::auth::Access;
 use crate::auth::access::{AccessLists, load_keys};
 use crate::config::Config;
 use crate::control::ControlServer;
-use crate::daemon::{StartError, State, shutdown_signal, write_state};
+use crate::daemon::{StartError, State, join, until_signal_or_failure, write_state};
 use crate::files::Home;
 use crate::identity;
 
 /// Run the relay until SIGINT or SIGTERM.
 pub async fn run(home: Home) -> Result<(), StartError> {
-    let relay = RelayDaemon::start(home).await?;
-    shutdown_signal().await;
+    let mut relay = RelayDaemon::start(home).await?;
+    let outcome = until_signal_or_failure(&mut relay.node).await;
     relay.shutdown().await;
-    Ok(())
+    outcome
 }
 
 /// A running relay.
@@ -30,7 +30,8 @@ pub struct RelayDaemon {
     home: Home,
     state: State,
     stop: CancellationToken,
-    tasks: Vec<tokio::task::JoinHandle<()>>,
+    node: tokio::task::JoinHandle<()>,
+    control: tokio::task::JoinHandle<()>,
 }
 
 impl RelayDaemon {
@@ -57,12 +58,10 @@ impl RelayDaemon {
         write_state(&home, &state);
         let stop = CancellationToken::new();
         let (status_tx, status_rx) = mpsc::channel(8);
-        let tasks = vec![
-            tokio::spawn(node.run(stop.clone(), status_rx)),
-            tokio::spawn(control.run(status_tx, stop.clone())),
-        ];
+        let node = tokio::spawn(node.run(stop.clone(), status_rx));
+        let control = tokio::spawn(control.run(status_tx, stop.clone()));
         info!(%peer, members = members.entries().count(), "ready");
-        Ok(RelayDaemon { home, state, stop, tasks })
+        Ok(RelayDaemon { home, state, stop, node, control })
     }
 
     pub fn state(&self) -> &State {
@@ -72,9 +71,8 @@ impl RelayDaemon {
     pub async fn shutdown(self) {
         info!("shutting down");
         self.stop.cancel();
-        for task in self.tasks {
-            let _ = task.await;
-        }
+        join(self.node).await;
+        join(self.control).await;
         let _ = std::fs::remove_file(self.home.state());
         info!("stopped");
     }

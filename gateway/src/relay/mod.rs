@@ -67,6 +67,8 @@ pub struct RelayNode {
     swarm: Swarm<RelayBehaviour>,
     traffic: Arc<Traffic>,
     reservations: HashMap<PeerId, SystemTime>,
+    /// No external addresses configured: advertise routable listen addresses as they come.
+    auto_external: bool,
 }
 
 impl std::fmt::Debug for RelayNode {
@@ -160,17 +162,19 @@ impl RelayNode {
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
             .build();
-        Ok(RelayNode { swarm, traffic, reservations: HashMap::new() })
+        Ok(RelayNode { swarm, traffic, reservations: HashMap::new(), auto_external: false })
     }
 
     /// Bind the listeners and advertise external addresses: the configured ones, or else every
-    /// bound address that is neither loopback nor unspecified.
+    /// bound address that is neither loopback, link-local nor unspecified (also those that
+    /// appear later, as interfaces come up).
     pub async fn listen(
         &mut self,
         listen: &[Multiaddr],
         external: &[Multiaddr],
     ) -> Result<(), NodeError> {
         start_listeners(&mut self.swarm, listen).await?;
+        self.auto_external = external.is_empty();
         let advertised: Vec<Multiaddr> = if external.is_empty() {
             self.swarm.listeners().filter(|a| is_routable(a)).cloned().collect()
         } else {
@@ -261,19 +265,29 @@ impl RelayNode {
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
                 debug!(peer = %peer_id, "member disconnected");
+                self.traffic.peer_gone(&peer_id);
             }
-            SwarmEvent::NewListenAddr { address, .. } => info!(%address, "listening"),
+            SwarmEvent::NewListenAddr { address, .. } => {
+                info!(%address, "listening");
+                if self.auto_external && is_routable(&address) {
+                    info!(addr = %address, "advertising");
+                    self.swarm.add_external_address(address);
+                }
+            }
+            SwarmEvent::ExpiredListenAddr { address, .. } if self.auto_external => {
+                self.swarm.remove_external_address(&address);
+            }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
             _ => {}
         }
     }
 }
 
-/// An address others could reach: not loopback, not unspecified.
+/// An address others could reach: not loopback, link-local or unspecified.
 fn is_routable(addr: &Multiaddr) -> bool {
     use libp2p::multiaddr::Protocol;
     addr.iter().all(|p| match p {
-        Protocol::Ip4(ip) => !ip.is_loopback() && !ip.is_unspecified(),
+        Protocol::Ip4(ip) => !ip.is_loopback() && !ip.is_unspecified() && !ip.is_link_local(),
         Protocol::Ip6(ip) => {
             !ip.is_loopback() && !ip.is_unspecified() && (ip.segments()[0] & 0xffc0) != 0xfe80
         }

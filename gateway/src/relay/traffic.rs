@@ -5,6 +5,9 @@
 //! multistream-select header, plaintext inside the secure channel) to learn whether it is a
 //! relay STOP stream. Every circuit has exactly one STOP stream, from the relay to the circuit's
 //! destination, carrying everything both ends send; so its counters are the circuit's bytes.
+//!
+//! State is kept only for STOP streams (bounded per destination, and only members get streams):
+//! a connection that the gate refuses leaves nothing behind.
 
 use std::collections::{HashMap, VecDeque};
 use std::io;
@@ -44,16 +47,9 @@ pub struct StreamCount {
 pub struct Traffic {
     /// Bytes on all circuits, ever.
     pub circuit_bytes: AtomicU64,
-    per_peer: Mutex<HashMap<PeerId, Arc<PeerCount>>>,
+    /// STOP streams to each destination not yet matched with a circuit.
+    unclaimed_stops: Mutex<HashMap<PeerId, VecDeque<Arc<StreamCount>>>>,
     circuits: Mutex<Circuits>,
-}
-
-#[derive(Debug, Default)]
-pub struct PeerCount {
-    pub bytes_in: AtomicU64,
-    pub bytes_out: AtomicU64,
-    /// STOP streams to this peer not yet matched with a circuit.
-    unclaimed_stops: Mutex<VecDeque<Arc<StreamCount>>>,
 }
 
 #[derive(Debug, Default)]
@@ -82,20 +78,30 @@ pub struct CircuitStatus {
 }
 
 impl Traffic {
-    fn peer(&self, peer: PeerId) -> Arc<PeerCount> {
-        let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        per_peer.entry(peer).or_default().clone()
-    }
-
     /// Wrap a connection's muxer so its substreams are counted.
     pub fn wrap(self: &Arc<Self>, peer: PeerId, muxer: StreamMuxerBox) -> StreamMuxerBox {
-        StreamMuxerBox::new(Counting { inner: muxer, peer: self.peer(peer), traffic: self.clone() })
+        StreamMuxerBox::new(Counting { inner: muxer, peer, traffic: self.clone() })
+    }
+
+    fn stop_opened(&self, dst: PeerId, stop: Arc<StreamCount>) {
+        let mut unclaimed = self.unclaimed_stops.lock().unwrap_or_else(|e| e.into_inner());
+        let stops = unclaimed.entry(dst).or_default();
+        stops.push_back(stop);
+        if stops.len() > CLOSED_KEPT {
+            stops.pop_front();
+        }
     }
 
     /// The relay accepted a circuit from `src` to `dst`: its STOP stream to `dst` is open.
     pub fn circuit_opened(&self, src: PeerId, dst: PeerId) {
-        let stop =
-            self.peer(dst).unclaimed_stops.lock().unwrap_or_else(|e| e.into_inner()).pop_back();
+        let stop = {
+            let mut unclaimed = self.unclaimed_stops.lock().unwrap_or_else(|e| e.into_inner());
+            let stop = unclaimed.get_mut(&dst).and_then(VecDeque::pop_back);
+            if unclaimed.get(&dst).is_some_and(VecDeque::is_empty) {
+                unclaimed.remove(&dst);
+            }
+            stop
+        };
         let circuit = Circuit { src, dst, since: SystemTime::now(), stop };
         self.circuits.lock().unwrap_or_else(|e| e.into_inner()).open.push(circuit);
     }
@@ -132,21 +138,15 @@ impl Traffic {
             .collect()
     }
 
-    /// Bytes each peer's connections carried (in, out).
-    pub fn peers(&self) -> Vec<(PeerId, u64, u64)> {
-        let per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        per_peer
-            .iter()
-            .map(|(p, c)| {
-                (*p, c.bytes_in.load(Ordering::Relaxed), c.bytes_out.load(Ordering::Relaxed))
-            })
-            .collect()
+    /// A member left: its unmatched STOP streams will never be matched.
+    pub fn peer_gone(&self, peer: &PeerId) {
+        self.unclaimed_stops.lock().unwrap_or_else(|e| e.into_inner()).remove(peer);
     }
 }
 
 struct Counting {
     inner: StreamMuxerBox,
-    peer: Arc<PeerCount>,
+    peer: PeerId,
     traffic: Arc<Traffic>,
 }
 
@@ -155,7 +155,7 @@ impl Counting {
         SubstreamBox::new(Counted {
             inner: stream,
             count: Arc::new(StreamCount::default()),
-            peer: self.peer.clone(),
+            peer: self.peer,
             traffic: self.traffic.clone(),
         })
     }
@@ -193,20 +193,15 @@ impl StreamMuxer for Counting {
 struct Counted {
     inner: SubstreamBox,
     count: Arc<StreamCount>,
-    peer: Arc<PeerCount>,
+    peer: PeerId,
     traffic: Arc<Traffic>,
 }
 
 impl Counted {
     fn record(&self, bytes: &[u8], inbound: bool) {
         let n = bytes.len() as u64;
-        let (stream, peer) = if inbound {
-            (&self.count.bytes_in, &self.peer.bytes_in)
-        } else {
-            (&self.count.bytes_out, &self.peer.bytes_out)
-        };
+        let stream = if inbound { &self.count.bytes_in } else { &self.count.bytes_out };
         stream.fetch_add(n, Ordering::Relaxed);
-        peer.fetch_add(n, Ordering::Relaxed);
         match self.count.kind.load(Ordering::Relaxed) {
             STOP => {
                 self.traffic.circuit_bytes.fetch_add(n, Ordering::Relaxed);
@@ -236,11 +231,7 @@ impl Counted {
             let so_far = self.count.bytes_in.load(Ordering::Relaxed)
                 + self.count.bytes_out.load(Ordering::Relaxed);
             self.traffic.circuit_bytes.fetch_add(so_far, Ordering::Relaxed);
-            let mut unclaimed = self.peer.unclaimed_stops.lock().unwrap_or_else(|e| e.into_inner());
-            unclaimed.push_back(self.count.clone());
-            if unclaimed.len() > CLOSED_KEPT {
-                unclaimed.pop_front();
-            }
+            self.traffic.stop_opened(self.peer, self.count.clone());
         }
     }
 }
