@@ -5,19 +5,19 @@
 //! name the key path. Every key is documented in `configs/reference.yaml`.
 
 use std::collections::BTreeMap;
-use std::fmt;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::str::FromStr;
 use std::time::Duration;
 
-use libp2p::Multiaddr;
-use peerup_resolver::{Label, NameEntry};
+use peerup_resolver::Label;
 use serde::Deserialize;
-use serde::de::{self, Deserializer};
+
+mod types;
+
+pub use types::{Addr, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName};
 
 /// The config `peerup init` writes, and the defaults it documents.
-pub const DEFAULT_CONFIG: &str = include_str!("../../configs/peerup.yaml");
+pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/peerup.yaml");
 
 /// The name suffix under which names are ours.
 pub fn suffix() -> Label {
@@ -201,15 +201,7 @@ fn yes() -> bool {
     true
 }
 fn default_relay_listen() -> Vec<Addr> {
-    [
-        "/ip4/0.0.0.0/tcp/4101",
-        "/ip4/0.0.0.0/udp/4101/quic-v1",
-        "/ip6/::/tcp/4101",
-        "/ip6/::/udp/4101/quic-v1",
-    ]
-    .iter()
-    .filter_map(|a| a.parse().ok())
-    .collect()
+    default_listen()
 }
 fn default_relay_keys() -> PathBuf {
     PathBuf::from("relay_authorized_keys")
@@ -426,235 +418,6 @@ pub(crate) fn syntax_error(path: &Path, error: &serde_yaml_ng::Error) -> ConfigE
         None => message,
     };
     ConfigError::Syntax { path: path.to_owned(), line, column, message }
-}
-
-/// Deserialise a newtype through its `FromStr`, so a bad value is reported at its position.
-macro_rules! from_str_deserialize {
-    ($ty:ty) => {
-        impl<'de> Deserialize<'de> for $ty {
-            fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-                let text = String::deserialize(deserializer)?;
-                text.parse().map_err(de::Error::custom)
-            }
-        }
-    };
-}
-
-/// A libp2p multiaddr.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Addr(pub Multiaddr);
-
-impl FromStr for Addr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        text.parse().map(Addr).map_err(|e| format!("{text:?} is not a multiaddr: {e}"))
-    }
-}
-from_str_deserialize!(Addr);
-
-/// A network's name: one DNS label.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NetworkName(pub Label);
-
-impl FromStr for NetworkName {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        text.parse().map(NetworkName).map_err(|e| format!("network name: {e}"))
-    }
-}
-from_str_deserialize!(NetworkName);
-
-/// A relay's address: a multiaddr ending in `/p2p/<relay-peer-id>`.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RelayAddr {
-    /// Without the trailing `/p2p/<peer>`.
-    pub addr: Multiaddr,
-    pub peer: libp2p::PeerId,
-}
-
-impl RelayAddr {
-    /// The full address, `/p2p/<peer>` included.
-    pub fn full(&self) -> Multiaddr {
-        self.addr.clone().with(libp2p::multiaddr::Protocol::P2p(self.peer))
-    }
-
-    /// The address to dial `target` through this relay.
-    pub fn circuit_to(&self, target: libp2p::PeerId) -> Multiaddr {
-        use libp2p::multiaddr::Protocol;
-        self.full().with(Protocol::P2pCircuit).with(Protocol::P2p(target))
-    }
-}
-
-impl FromStr for RelayAddr {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        use libp2p::multiaddr::Protocol;
-        let bad = || format!("{text:?}: expected a multiaddr ending in /p2p/<relay-peer-id>");
-        let mut addr: Multiaddr = text.parse().map_err(|e| format!("{text:?}: {e}"))?;
-        match addr.pop() {
-            Some(Protocol::P2p(peer)) if !addr.is_empty() => Ok(RelayAddr { addr, peer }),
-            _ => Err(bad()),
-        }
-    }
-}
-from_str_deserialize!(RelayAddr);
-
-/// `host:port` of a local TCP service.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct HostPort {
-    pub host: String,
-    pub port: u16,
-}
-
-impl FromStr for HostPort {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not host:port (e.g. 127.0.0.1:22)");
-        let (host, port) = text.rsplit_once(':').ok_or_else(bad)?;
-        let host = host.strip_prefix('[').and_then(|h| h.strip_suffix(']')).unwrap_or(host);
-        let port: u16 = port.parse().map_err(|_| bad())?;
-        if host.is_empty() || port == 0 || host.contains(char::is_whitespace) {
-            return Err(bad());
-        }
-        Ok(HostPort { host: host.to_owned(), port })
-    }
-}
-from_str_deserialize!(HostPort);
-
-impl fmt::Display for HostPort {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        if self.host.contains(':') {
-            write!(f, "[{}]:{}", self.host, self.port)
-        } else {
-            write!(f, "{}:{}", self.host, self.port)
-        }
-    }
-}
-
-/// A service name: 1 to 63 of `[a-z0-9_-]`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct ServiceName(String);
-
-impl ServiceName {
-    pub fn as_str(&self) -> &str {
-        &self.0
-    }
-}
-
-impl FromStr for ServiceName {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let ok = |b: u8| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_';
-        if text.is_empty() || text.len() > 63 || !text.bytes().all(ok) {
-            return Err(format!("service name {text:?}: use 1 to 63 of a-z, 0-9, '-', '_'"));
-        }
-        Ok(ServiceName(text.to_owned()))
-    }
-}
-from_str_deserialize!(ServiceName);
-
-impl fmt::Display for ServiceName {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.write_str(&self.0)
-    }
-}
-
-/// A local name's key, `HOST.NETWORK`.
-#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
-pub struct NameKey {
-    pub host: Label,
-    pub network: Label,
-}
-
-impl FromStr for NameKey {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let (host, network) = text
-            .split_once('.')
-            .ok_or_else(|| format!("name {text:?}: expected HOST.NETWORK (e.g. nas.alice)"))?;
-        let host = host.parse().map_err(|e| format!("name {text:?}: {e}"))?;
-        let network = network.parse().map_err(|e| format!("name {text:?}: {e}"))?;
-        Ok(NameKey { host, network })
-    }
-}
-from_str_deserialize!(NameKey);
-
-impl fmt::Display for NameKey {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{}.{}", self.host, self.network)
-    }
-}
-
-/// What a local name points at: one peer ID or multiaddr, or a list of multiaddrs of one peer.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct NameValue(pub NameEntry);
-
-impl<'de> Deserialize<'de> for NameValue {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum OneOrMany {
-            One(String),
-            Many(Vec<String>),
-        }
-        let texts = match OneOrMany::deserialize(deserializer) {
-            Ok(OneOrMany::One(text)) => vec![text],
-            Ok(OneOrMany::Many(texts)) => texts,
-            Err(_) => {
-                return Err(de::Error::custom(
-                    "expected a peer ID, a multiaddr ending in /p2p/<peer-id>, or a list of them",
-                ));
-            }
-        };
-        let entries = texts
-            .iter()
-            .map(|t| t.parse::<NameEntry>())
-            .collect::<Result<Vec<_>, _>>()
-            .map_err(de::Error::custom)?;
-        match NameEntry::merge(entries).map_err(de::Error::custom)? {
-            Some(entry) => Ok(NameValue(entry)),
-            None => Err(de::Error::custom("an empty list names no peer")),
-        }
-    }
-}
-
-/// A duration written `500ms`, `10s`, `2m`, `1h`, or a bare number of seconds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Dur(pub Duration);
-
-impl FromStr for Dur {
-    type Err = String;
-    fn from_str(text: &str) -> Result<Self, String> {
-        let bad = || format!("{text:?} is not a duration (e.g. 500ms, 10s, 2m, 1h)");
-        let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
-        let (number, unit) = text.split_at(split);
-        let n: u64 = number.parse().map_err(|_| bad())?;
-        let duration = match unit.trim() {
-            "ms" => Duration::from_millis(n),
-            "" | "s" => Duration::from_secs(n),
-            "m" => Duration::from_secs(n.checked_mul(60).ok_or_else(bad)?),
-            "h" => Duration::from_secs(n.checked_mul(3600).ok_or_else(bad)?),
-            _ => return Err(bad()),
-        };
-        Ok(Dur(duration))
-    }
-}
-
-impl<'de> Deserialize<'de> for Dur {
-    fn deserialize<D: Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
-        #[derive(Deserialize)]
-        #[serde(untagged)]
-        enum Raw {
-            Secs(u64),
-            Text(String),
-        }
-        match Raw::deserialize(deserializer)
-            .map_err(|_| de::Error::custom("expected a duration (e.g. 500ms, 10s, 2m)"))?
-        {
-            Raw::Secs(n) => Ok(Dur(Duration::from_secs(n))),
-            Raw::Text(text) => text.parse().map_err(de::Error::custom),
-        }
-    }
 }
 
 /// `names.yaml`: a mapping of `HOST.NETWORK` to a peer, like `names:` in config.yaml.
