@@ -24,6 +24,7 @@ const AUTHORIZED_KEYS_HEADER: &str = "\
 pub(super) enum AuthCommand {
     /// Allow PEER (base58 or base36 peer ID); updates its options if present
     Add {
+        /// The peer ID, base58 (12D3KooW…) or base36 (k51…)
         peer: String,
         /// Edit this service's own list instead of the global one
         #[arg(long, value_name = "NAME", conflicts_with = "relay")]
@@ -40,6 +41,7 @@ pub(super) enum AuthCommand {
     },
     /// Remove PEER
     Remove {
+        /// The peer ID, base58 or base36
         peer: String,
         #[arg(long, value_name = "NAME", conflicts_with = "relay")]
         service: Option<String>,

@@ -9,6 +9,7 @@ use std::collections::HashMap;
 use std::fmt;
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
@@ -17,7 +18,7 @@ use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, THandler, THandlerInEvent,
     THandlerOutEvent, ToSwarm, dummy,
 };
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::auth::Access;
 
@@ -44,7 +45,13 @@ impl std::error::Error for NotAllowed {}
 pub struct Gate {
     access: Arc<Access>,
     connected: HashMap<PeerId, usize>,
+    /// When each refused peer was last logged at info level: a peer that keeps knocking is
+    /// logged once a minute, not once a connection.
+    refusals_logged: HashMap<PeerId, Instant>,
 }
+
+const REFUSAL_LOG_INTERVAL: Duration = Duration::from_secs(60);
+const REFUSALS_REMEMBERED: usize = 1024;
 
 impl fmt::Debug for Gate {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
@@ -54,7 +61,23 @@ impl fmt::Debug for Gate {
 
 impl Gate {
     pub fn new(access: Arc<Access>) -> Self {
-        Gate { access, connected: HashMap::new() }
+        Gate { access, connected: HashMap::new(), refusals_logged: HashMap::new() }
+    }
+
+    fn should_log_refusal(&mut self, peer: PeerId) -> bool {
+        let now = Instant::now();
+        if self.refusals_logged.len() >= REFUSALS_REMEMBERED {
+            self.refusals_logged.retain(|_, at| now.duration_since(*at) < REFUSAL_LOG_INTERVAL);
+        }
+        match self.refusals_logged.get(&peer) {
+            Some(at) if now.duration_since(*at) < REFUSAL_LOG_INTERVAL => false,
+            _ => {
+                if self.refusals_logged.len() < REFUSALS_REMEMBERED {
+                    self.refusals_logged.insert(peer, now);
+                }
+                true
+            }
+        }
     }
 
     fn check_outbound(&self, peer: Option<PeerId>) -> Result<(), ConnectionDenied> {
@@ -83,7 +106,11 @@ impl NetworkBehaviour for Gate {
         if self.access.may_connect(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
-        info!(%peer, %remote, "refused connection at the handshake: peer is in no allow list");
+        if self.should_log_refusal(peer) {
+            info!(%peer, %remote, "refused connection at the handshake: peer is in no allow list");
+        } else {
+            debug!(%peer, %remote, "refused connection at the handshake (again)");
+        }
         Err(ConnectionDenied::new(NotAllowed { peer: Some(peer), inbound: true }))
     }
 
