@@ -4,7 +4,7 @@ use std::net::SocketAddr;
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::TcpListener;
+use tokio::net::{TcpListener, TcpStream};
 
 /// Deterministic pseudo-random bytes (xorshift64*), so both ends can compute what to expect.
 pub struct Noise(u64);
@@ -58,80 +58,78 @@ pub async fn write_noise<W: AsyncWriteExt + Unpin>(
     Ok(())
 }
 
-/// An HTTP server answering every request with `body`.
-pub async fn http(body: &'static str) -> SocketAddr {
+/// Serve every connection to a fresh 127.0.0.1 port with `handle`, each on its own task.
+async fn serve<F, Fut>(handle: F) -> SocketAddr
+where
+    F: Fn(TcpStream) -> Fut + Send + 'static,
+    Fut: std::future::Future<Output = ()> + Send + 'static,
+{
     let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let addr = listener.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let mut request = Vec::new();
-                let mut buf = [0u8; 1024];
-                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
-                    match socket.read(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(n) => request.extend_from_slice(&buf[..n]),
-                    }
-                }
-                let response = format!(
-                    "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
-                    body.len()
-                );
-                let _ = socket.write_all(response.as_bytes()).await;
-                let _ = socket.shutdown().await;
-            });
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(handle(socket));
         }
     });
     addr
 }
 
+/// An HTTP server answering every request with `body`.
+pub async fn http(body: &'static str) -> SocketAddr {
+    serve(move |mut socket| async move {
+        let mut request = Vec::new();
+        let mut buf = [0u8; 1024];
+        while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+            match socket.read(&mut buf).await {
+                Ok(0) | Err(_) => return,
+                Ok(n) => request.extend_from_slice(&buf[..n]),
+            }
+        }
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/html\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+            body.len()
+        );
+        let _ = socket.write_all(response.as_bytes()).await;
+        let _ = socket.shutdown().await;
+    })
+    .await
+}
+
 /// An echo server: bytes back as they come; EOF in, then EOF out.
 pub async fn echo() -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = socket.into_split();
-                if tokio::io::copy(&mut r, &mut w).await.is_ok() {
-                    let _ = w.shutdown().await;
-                }
-            });
+    serve(|socket| async move {
+        let (mut r, mut w) = socket.into_split();
+        if tokio::io::copy(&mut r, &mut w).await.is_ok() {
+            let _ = w.shutdown().await;
         }
-    });
-    addr
+    })
+    .await
 }
 
 /// Sends `download` bytes of noise (seed 2) while hashing everything it receives; after the
 /// client's EOF it appends the SHA-256 of what it received, then closes.
 pub async fn exchange(download: usize) -> SocketAddr {
-    let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = listener.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((socket, _)) = listener.accept().await {
-            tokio::spawn(async move {
-                let (mut r, mut w) = socket.into_split();
-                let receive = async move {
-                    let mut hasher = Sha256::new();
-                    let mut buf = vec![0u8; 64 * 1024];
-                    loop {
-                        match r.read(&mut buf).await {
-                            Ok(0) => break,
-                            Ok(n) => hasher.update(&buf[..n]),
-                            Err(_) => return None,
-                        }
-                    }
-                    Some(<[u8; 32]>::from(hasher.finalize()))
-                };
-                let (received, sent) = tokio::join!(receive, write_noise(&mut w, 2, download));
-                if let (Some(digest), Ok(())) = (received, sent) {
-                    let _ = w.write_all(&digest).await;
+    serve(move |socket| async move {
+        let (mut r, mut w) = socket.into_split();
+        let receive = async move {
+            let mut hasher = Sha256::new();
+            let mut buf = vec![0u8; 64 * 1024];
+            loop {
+                match r.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => hasher.update(&buf[..n]),
+                    Err(_) => return None,
                 }
-                let _ = w.shutdown().await;
-            });
+            }
+            Some(<[u8; 32]>::from(hasher.finalize()))
+        };
+        let (received, sent) = tokio::join!(receive, write_noise(&mut w, 2, download));
+        if let (Some(digest), Ok(())) = (received, sent) {
+            let _ = w.write_all(&digest).await;
         }
-    });
-    addr
+        let _ = w.shutdown().await;
+    })
+    .await
 }
 
 /// A port on which nothing listens (bound, then released).
