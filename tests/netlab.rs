@@ -80,7 +80,7 @@ impl Lab {
     }
 
     fn daemon(&self, node: &str, home: &Home, subcommand: &str) -> Daemon {
-        Daemon::spawn(self.command(node, BIN), home, subcommand)
+        Daemon::spawn(self.command(node, BIN), home.path(), subcommand)
     }
 
     /// curl through a gateway's SOCKS listener, inside `node`. Returns (exit ok, body, stderr,
@@ -194,13 +194,20 @@ fn status(home: &Home) -> serde_json::Value {
 }
 
 /// Poll `check` until it holds or `limit` passes; returns the time it took.
-fn wait_until(what: &str, limit: Duration, mut check: impl FnMut() -> bool) -> Duration {
+fn wait_until(what: &str, limit: Duration, check: impl FnMut() -> bool) -> Duration {
+    poll_until(limit, check).unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
+}
+
+/// Poll `check` every 50 ms until it holds (the time it took) or `limit` passes (`None`).
+fn poll_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
     let start = Instant::now();
     while !check() {
-        assert!(start.elapsed() < limit, "{what}: not within {limit:?}");
+        if start.elapsed() >= limit {
+            return None;
+        }
         std::thread::sleep(Duration::from_millis(50));
     }
-    start.elapsed()
+    Some(start.elapsed())
 }
 
 fn reserved(home: &Home) -> bool {
@@ -334,10 +341,8 @@ impl Net {
 
     /// `wait_until`, showing every log when it fails.
     fn wait_until(&self, what: &str, limit: Duration, check: impl FnMut() -> bool) -> Duration {
-        let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-            wait_until(what, limit, check)
-        }));
-        result.unwrap_or_else(|_| panic!("{what}: not within {limit:?}\n{}", self.logs()))
+        poll_until(limit, check)
+            .unwrap_or_else(|| panic!("{what}: not within {limit:?}\n{}", self.logs()))
     }
 
     fn logs(&self) -> String {

@@ -166,8 +166,7 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
     open.read_exact(&mut buf).await.unwrap();
 
     // A, the serving side, is asked to stop while the tunnel is open.
-    let pid = a.child.id().to_string();
-    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    a.sigterm();
     let draining =
         a.log.wait_for(|l| l.contains("no longer accepting"), std::time::Duration::from_secs(10));
     assert!(draining.is_some(), "A starts draining:\n{}", a.log.text());
@@ -245,45 +244,16 @@ async fn a_home_too_deep_for_a_socket_path_still_gets_a_control_socket() {
         .join("past-the-limit-of-sun_path");
     std::fs::create_dir_all(&deep).unwrap();
     let runtime = tempfile::tempdir().unwrap();
-    let out = std::process::Command::new(support::BIN)
-        .arg("--home")
-        .arg(&deep)
-        .arg("init")
-        .output()
-        .unwrap();
-    assert!(out.status.success());
+    assert!(support::peerup(&deep, &["init"]).status.success());
     std::fs::write(
         deep.join("config.yaml"),
         "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0 }\n",
     )
     .unwrap();
-    let mut command = std::process::Command::new(support::BIN);
+    let mut command = Command::new(support::BIN);
     command.env("XDG_RUNTIME_DIR", runtime.path());
-    let mut child = command
-        .arg("--home")
-        .arg(&deep)
-        .arg("run")
-        .stderr(std::process::Stdio::piped())
-        .spawn()
-        .unwrap();
-    let log = support::Log::default();
-    log.clone().capture(child.stderr.take().unwrap());
-    assert!(
-        log.wait_for(|l| l.contains(" ready "), support::READY_TIMEOUT).is_some(),
-        "{}",
-        log.text()
-    );
-    let state: serde_json::Value =
-        serde_json::from_str(&std::fs::read_to_string(deep.join("state.json")).unwrap()).unwrap();
-    let control = std::path::PathBuf::from(state["control"].as_str().unwrap());
-    assert!(control.starts_with(runtime.path()), "{control:?}");
-    let out = std::process::Command::new(support::BIN)
-        .arg("--home")
-        .arg(&deep)
-        .args(["status", "--json"])
-        .output()
-        .unwrap();
-    let _ = child.kill();
-    let _ = child.wait();
+    let daemon = support::Daemon::spawn(command, &deep, "run");
+    assert!(daemon.state.control.starts_with(runtime.path()), "{:?}", daemon.state.control);
+    let out = support::peerup(&deep, &["status", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }

@@ -14,7 +14,7 @@ use std::time::Duration;
 
 use libp2p::Stream;
 use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
-use peerup_resolver::{Label, Name, ResolveError, Tiers};
+use peerup_resolver::{Label, Name, Tiers};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::either::Either;
@@ -47,14 +47,12 @@ pub struct Gateway {
 impl Gateway {
     /// Resolve `name` and open a tunnel to its service on `port`.
     pub async fn tunnel(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
-        let resolution = self.tiers.resolve(name).await.map_err(|e| match e {
-            ResolveError::NoSuchName(_) => {
-                ConnectError::new(FailureKind::NoSuchName, e.to_string())
-            }
-            ResolveError::Unavailable { .. } => {
-                ConnectError::new(FailureKind::NoSuchName, e.to_string())
-            }
-        })?;
+        // Until a registry tier exists, every resolution failure is "no such name".
+        let resolution = self
+            .tiers
+            .resolve(name)
+            .await
+            .map_err(|e| ConnectError::new(FailureKind::NoSuchName, e.to_string()))?;
         let peer = resolution.peer;
         debug!(%name, %peer, tier = %resolution.tier, "resolved");
         self.access.choose(peer);

@@ -103,6 +103,12 @@ pub fn load_names(home: &Home, config: &Config) -> Result<LocalNames, ConfigErro
     Ok(LocalNames::new(names.into_iter().map(|(k, v)| ((k.host, k.network), v.0))))
 }
 
+/// The resolution tiers built from a home's local names (`names:` and names.yaml).
+pub fn local_tiers(home: &Home, config: &Config) -> Result<Tiers, ConfigError> {
+    let names = load_names(home, config)?;
+    Ok(Tiers::new(vec![Arc::new(names) as Arc<dyn Resolve>]))
+}
+
 /// What `state.json` says about a running daemon.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct State {
@@ -119,13 +125,18 @@ pub struct State {
 
 /// Run the gateway until SIGINT or SIGTERM, then drain.
 pub async fn run(home: Home) -> Result<(), StartError> {
-    if files::my_uid() == 0 {
-        warn!("running as root: peerup never needs root; run it as your user");
-    }
+    warn_if_root();
     let mut daemon = Daemon::start(home).await?;
     let outcome = until_signal_or_failure(&mut daemon.node).await;
     daemon.shutdown().await;
     outcome
+}
+
+/// Daemons never need root; say so when run as root.
+pub(crate) fn warn_if_root() {
+    if files::my_uid() == 0 {
+        warn!("running as root: peerup never needs root; run it as your user");
+    }
 }
 
 /// Wait for SIGINT/SIGTERM, or for the swarm's task to end on its own: then the daemon can no
@@ -267,6 +278,12 @@ impl Daemon {
 }
 
 impl State {
+    /// The state of the daemon running in `home`, if one is.
+    pub fn read(home: &Home) -> Option<State> {
+        let text = std::fs::read_to_string(home.state()).ok()?;
+        serde_json::from_str(&text).ok()
+    }
+
     pub(crate) fn new(
         role: &str,
         peer: PeerId,

@@ -13,15 +13,6 @@ pub enum Target {
     Addr(SocketAddr),
 }
 
-impl Target {
-    pub fn port(&self) -> u16 {
-        match self {
-            Target::Name { port, .. } => *port,
-            Target::Addr(addr) => addr.port(),
-        }
-    }
-}
-
 impl fmt::Display for Target {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         match self {

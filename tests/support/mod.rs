@@ -92,7 +92,7 @@ pub struct Log {
 }
 
 impl Log {
-    pub fn capture(self, stderr: impl std::io::Read + Send + 'static) {
+    fn capture(self, stderr: impl std::io::Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -152,15 +152,15 @@ pub struct Daemon {
 impl Daemon {
     /// Start `peerup -v run` on `home` and wait until it is ready.
     pub fn start(home: &Home) -> Daemon {
-        Daemon::spawn(Command::new(BIN), home, "run")
+        Daemon::spawn(Command::new(BIN), home.path(), "run")
     }
 
     /// Start `peerup --home HOME -v SUBCOMMAND` through `command` (the binary itself, or a
     /// wrapper such as `ip netns exec NS peerup`) and wait until it is ready.
-    pub fn spawn(mut command: Command, home: &Home, subcommand: &str) -> Daemon {
+    pub fn spawn(mut command: Command, home: &Path, subcommand: &str) -> Daemon {
         let mut child = command
             .arg("--home")
-            .arg(home.path())
+            .arg(home)
             .args(["-v", subcommand])
             .env_remove("RUST_LOG")
             .stdin(Stdio::null())
@@ -174,7 +174,7 @@ impl Daemon {
             let _ = child.kill();
             panic!("daemon did not become ready:\n{}", log.text());
         }
-        let text = std::fs::read_to_string(home.file("state.json")).expect("state.json when ready");
+        let text = std::fs::read_to_string(home.join("state.json")).expect("state.json when ready");
         let state = serde_json::from_str(&text).expect("state.json parses");
         Daemon { child, log, state }
     }
@@ -201,11 +201,11 @@ impl Daemon {
         self.child.wait().expect("wait for daemon")
     }
 
-    /// Send SIGTERM and wait for the exit status.
-    pub fn terminate(mut self) -> std::process::ExitStatus {
+    /// Send SIGTERM (what a service manager sends to stop it).
+    pub fn sigterm(&self) {
         let pid = self.child.id().to_string();
-        let _ = Command::new("kill").args(["-TERM", &pid]).status();
-        self.child.wait().expect("wait for daemon")
+        let sent = Command::new("kill").args(["-TERM", &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -TERM {pid}");
     }
 }
 

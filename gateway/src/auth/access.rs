@@ -7,7 +7,7 @@
 //! resolved, a configured relay) or peers already connected and allowed.
 
 use std::collections::{HashMap, HashSet};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, RwLock};
 
 use libp2p::PeerId;
@@ -145,17 +145,6 @@ impl Access {
             || self.lists().relays.contains(peer)
             || (connected && self.may_connect(peer))
     }
-}
-
-/// The paths of every authorized_keys file a config references, for `config check`.
-pub fn referenced_key_files(home: &Home, config: &Config) -> Vec<(String, PathBuf)> {
-    let mut files = vec![("authorized_keys".to_owned(), home.join(&config.authorized_keys))];
-    for (name, service) in &config.services {
-        if let Some(file) = &service.authorized_keys {
-            files.push((format!("services.{name}.authorized_keys"), home.join(file)));
-        }
-    }
-    files
 }
 
 #[cfg(test)]

@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use libp2p::PeerId;
-use peerup_resolver::{Name, Resolve, Tiers, parse_peer, peer_label};
+use peerup_resolver::{Name, parse_peer, peer_label};
 
 use super::Failure;
-use crate::auth::access::{AccessLists, load_keys, referenced_key_files};
+use crate::auth::access::load_keys;
 use crate::auth::{AuthorizedKeys, Entry, Expiry};
 use crate::config::{Config, DEFAULT_CONFIG, ServiceName, suffix};
-use crate::daemon::load_names;
+use crate::daemon::{Loaded, load, local_tiers};
 use crate::files::{self, Home};
 use crate::identity;
 
@@ -195,21 +195,13 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
 }
 
 pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
-    home.check().map_err(Failure::usage)?;
-    let config = Config::load(&home.config()).map_err(Failure::usage)?;
-    identity::load(&home.identity()).map_err(Failure::usage)?;
-    for (_, path) in referenced_key_files(home, &config) {
-        if path.exists() || home.join(&config.authorized_keys) != path {
-            load_keys(&path).map_err(Failure::usage)?;
-        }
-    }
+    // Everything `peerup run` loads, loaded the same way.
+    let Loaded { config, lists, names, .. } = load(home).map_err(Failure::usage)?;
     // The relay's member list matters only where `peerup relay` runs: check it if present.
     let members = home.join(&config.relay.authorized_keys);
     if members.exists() {
         load_keys(&members).map_err(Failure::usage)?;
     }
-    let lists = AccessLists::load(home, &config).map_err(Failure::usage)?;
-    let names = load_names(home, &config).map_err(Failure::usage)?;
     let _ = writeln!(
         std::io::stdout(),
         "{}: ok ({} services, {} local names, {} peers in the global list)",
@@ -223,7 +215,7 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
 
 pub(super) async fn resolve(home: &Home, text: &str) -> Result<(), Failure> {
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
-    let names = load_names(home, &config).map_err(Failure::usage)?;
+    let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
     let suffix = suffix();
     let full = if Name::parse(text, &suffix).ok().flatten().is_some() {
         text.to_owned()
@@ -234,7 +226,6 @@ pub(super) async fn resolve(home: &Home, text: &str) -> Result<(), Failure> {
         Ok(Some(name)) => name,
         Ok(None) | Err(_) => return Err(Failure::new(3, format!("no such name: {text}"))),
     };
-    let tiers = Tiers::new(vec![std::sync::Arc::new(names) as std::sync::Arc<dyn Resolve>]);
     let answer = tiers.resolve(&name).await.map_err(|e| Failure::new(3, e.to_string()))?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}\ttier={}\tttl={}s", answer.peer, answer.tier, answer.ttl.as_secs());

@@ -5,17 +5,17 @@
 
 use peerup_proxy::bridge;
 use peerup_proxy::client::connect_via;
-use peerup_resolver::{Name, Resolve, ResolveError, Tiers};
+use peerup_resolver::{Name, ResolveError};
 
-use super::{Failure, exit_code};
+use super::{Failure, exit_code, not_running};
 use crate::config::{Config, suffix};
-use crate::daemon::{State, load_names};
+use crate::daemon::{State, local_tiers};
 use crate::files::Home;
 
 pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
     let (host, port) = split_target(target)?;
     check_local_name(home, host).await?;
-    let state = read_state(home)?;
+    let state = State::read(home).ok_or_else(|| not_running(home))?;
     let socks = state
         .socks
         .ok_or_else(|| Failure::usage("this home runs a relay, which has no SOCKS listener"))?;
@@ -46,25 +46,9 @@ async fn check_local_name(home: &Home, host: &str) -> Result<(), Failure> {
         Err(e) => return Err(Failure::new(3, e.to_string())),
     };
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
-    let names = load_names(home, &config).map_err(Failure::usage)?;
-    let tiers = Tiers::new(vec![std::sync::Arc::new(names) as std::sync::Arc<dyn Resolve>]);
+    let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
     match tiers.resolve(&name).await {
         Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(3, e.to_string())),
         _ => Ok(()),
     }
-}
-
-fn read_state(home: &Home) -> Result<State, Failure> {
-    let path = home.state();
-    let not_running = || {
-        Failure::new(
-            5,
-            format!(
-                "no daemon is running for {} (start it with `peerup run`)",
-                home.dir().display()
-            ),
-        )
-    };
-    let text = std::fs::read_to_string(&path).map_err(|_| not_running())?;
-    serde_json::from_str(&text).map_err(|_| not_running())
 }

@@ -112,6 +112,12 @@ impl Failure {
     }
 }
 
+/// No daemon answers for `home` (exit 5, like an unreachable peer).
+fn not_running(home: &Home) -> Failure {
+    let dir = home.dir().display();
+    Failure::new(5, format!("no daemon is running for {dir} (start it with `peerup run`)"))
+}
+
 /// The exit code for a connect failure.
 pub fn exit_code(kind: FailureKind) -> u8 {
     match kind {

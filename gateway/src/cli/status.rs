@@ -2,26 +2,16 @@
 
 use std::io::Write;
 
-use super::Failure;
+use super::{Failure, not_running};
 use crate::daemon::State;
 use crate::files::Home;
 use crate::node::NodeStatus;
 use crate::relay::RelayStatus;
 
 pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
-    let not_running = || {
-        Failure::new(
-            5,
-            format!(
-                "no daemon is running for {} (start it with `peerup run`)",
-                home.dir().display()
-            ),
-        )
-    };
-    let text = std::fs::read_to_string(home.state()).map_err(|_| not_running())?;
-    let state: State = serde_json::from_str(&text).map_err(|_| not_running())?;
+    let state = State::read(home).ok_or_else(|| not_running(home))?;
     let answer =
-        crate::control::request(&state.control, "status").await.map_err(|_| not_running())?;
+        crate::control::request(&state.control, "status").await.map_err(|_| not_running(home))?;
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(out, "{answer}");

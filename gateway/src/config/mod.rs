@@ -82,7 +82,7 @@ pub struct Network {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Relay {
-    #[serde(default = "default_relay_listen")]
+    #[serde(default = "default_listen")]
     pub listen: Vec<Addr>,
     /// Public addresses to advertise; by default, the bound non-loopback listen addresses.
     #[serde(default)]
@@ -200,9 +200,6 @@ fn default_streams_total() -> usize {
 fn yes() -> bool {
     true
 }
-fn default_relay_listen() -> Vec<Addr> {
-    default_listen()
-}
 fn default_relay_keys() -> PathBuf {
     PathBuf::from("relay_authorized_keys")
 }
@@ -236,7 +233,7 @@ fn default_circuits_per_minute() -> u32 {
 impl Default for Relay {
     fn default() -> Self {
         Relay {
-            listen: default_relay_listen(),
+            listen: default_listen(),
             external_addresses: Vec::new(),
             authorized_keys: default_relay_keys(),
             limits: RelayLimits::default(),

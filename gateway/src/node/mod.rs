@@ -70,6 +70,16 @@ pub(crate) fn ping_config() -> ping::Config {
     ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10))
 }
 
+/// Identify, as every node of ours runs it. No address cache: identify would offer a peer's
+/// every listen address to our dials, and we dial only the addresses we chose.
+pub(crate) fn identify_behaviour(key: &Keypair, agent: &str) -> identify::Behaviour {
+    identify::Behaviour::new(
+        identify::Config::new("/peerup/1.0.0".into(), key.public())
+            .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
+            .with_cache_size(0),
+    )
+}
+
 /// The composed behaviour. Field order matters: the gate decides first.
 #[allow(missing_debug_implementations)] // identify's behaviour has no Debug
 #[derive(NetworkBehaviour)]
@@ -197,13 +207,7 @@ impl Node {
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat,
-                // No address cache: identify would offer a peer's every listen address to our
-                // dials, and we dial only the addresses we chose.
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/peerup/1.0.0".into(), key.public())
-                        .with_agent_version(format!("peerup/{}", env!("CARGO_PKG_VERSION")))
-                        .with_cache_size(0),
-                ),
+                identify: identify_behaviour(key, "peerup"),
                 ping: ping::Behaviour::new(ping_config()),
                 mdns: Toggle::from(mdns),
             })

@@ -12,12 +12,13 @@ use crate::auth::Access;
 use crate::auth::access::{AccessLists, load_keys};
 use crate::config::Config;
 use crate::control::ControlServer;
-use crate::daemon::{StartError, State, join, until_signal_or_failure, write_state};
+use crate::daemon::{StartError, State, join, until_signal_or_failure, warn_if_root, write_state};
 use crate::files::Home;
 use crate::identity;
 
 /// Run the relay until SIGINT or SIGTERM.
 pub async fn run(home: Home) -> Result<(), StartError> {
+    warn_if_root();
     let mut relay = RelayDaemon::start(home).await?;
     let outcome = until_signal_or_failure(&mut relay.node).await;
     relay.shutdown().await;

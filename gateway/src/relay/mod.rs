@@ -149,10 +149,7 @@ impl RelayNode {
             .with_behaviour(|key| RelayBehaviour {
                 gate: gate::Gate::new(access),
                 relay: relay::Behaviour::new(peer, relay_config(limits)),
-                identify: identify::Behaviour::new(
-                    identify::Config::new("/peerup/1.0.0".into(), key.public())
-                        .with_agent_version(format!("peerup-relay/{}", env!("CARGO_PKG_VERSION"))),
-                ),
+                identify: crate::node::identify_behaviour(key, "peerup-relay"),
                 ping: ping::Behaviour::new(crate::node::ping_config()),
                 autonat: autonat::Behaviour::new(
                     peer,

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
-use libp2p::core::{ConnectedPoint, Endpoint, Multiaddr};
+use libp2p::core::{Endpoint, Multiaddr};
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{
     ConnectionDenied, ConnectionId, FromSwarm, NetworkBehaviour, NotifyHandler, Stream,
@@ -274,7 +274,7 @@ impl NetworkBehaviour for Behaviour {
         match event {
             FromSwarm::ConnectionEstablished(e) => {
                 self.dials.remove(&e.connection_id);
-                let relayed = is_relayed(e.endpoint);
+                let relayed = e.endpoint.is_relayed();
                 let conn = Conn {
                     id: e.connection_id,
                     relayed,
@@ -385,8 +385,4 @@ impl NetworkBehaviour for Behaviour {
             }
         }
     }
-}
-
-fn is_relayed(endpoint: &ConnectedPoint) -> bool {
-    endpoint.is_relayed()
 }
