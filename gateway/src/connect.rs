@@ -5,12 +5,16 @@
 //! the port, and the serving peer's answer decides success. Other targets go out directly when
 //! `socks.direct` is on. `.p2p` names never fall back to a direct connection.
 //!
+//! One deadline (`limits.connect_timeout`) covers resolving the name, reaching the peer and
+//! hearing its answer. An established tunnel is registered in [`Tunnels`] and framed
+//! ([`Framed`]), so its end is the truth on both sides.
+//!
 //! [`failure_of_open`] and [`failure_of_status`] are the one place where node and protocol
 //! outcomes become the user-visible [`FailureKind`].
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::Stream;
 use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
@@ -22,20 +26,24 @@ use tracing::debug;
 
 use crate::auth::Access;
 use crate::config::RelayAddr;
-use crate::node::{Control, OpenError};
+use crate::node::swarm::one_per_relay;
+use crate::node::{Connected, Handle, OpenError, Opened};
 use crate::protocol::{Request, Response, Status};
+use crate::tunnels::{self, Direction, Framed, Tunnels};
 
 /// The longest pause between dial attempts (100, 200, 400, 800, 1600 ms: five retries).
 const MAX_DIAL_BACKOFF: Duration = Duration::from_millis(1600);
 
-/// A tunnel stream after the serving peer accepted it, ready for raw bytes.
-pub type Tunnel = Compat<Stream>;
+/// A tunnel stream after the serving peer accepted it, ready for frames.
+pub type Tunnel = Framed<Compat<Stream>>;
 
 /// Connects SOCKS targets: tunnels for `.p2p` names, direct TCP for the rest.
 #[derive(Debug)]
 pub struct Gateway {
     pub tiers: Tiers,
-    pub control: Control,
+    pub node: Handle,
+    pub connected: Connected,
+    pub tunnels: Arc<Tunnels>,
     pub access: Arc<Access>,
     pub suffix: Label,
     pub direct: bool,
@@ -45,8 +53,19 @@ pub struct Gateway {
 }
 
 impl Gateway {
-    /// Resolve `name` and open a tunnel to its service on `port`.
+    /// Resolve `name` and open a tunnel to its service on `port`, all within one deadline.
     pub async fn tunnel(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
+        let deadline = tokio::time::Instant::now() + self.connect_timeout;
+        match tokio::time::timeout_at(deadline, self.reach(name, port)).await {
+            Ok(result) => result,
+            Err(_) => Err(ConnectError::new(
+                FailureKind::TimedOut,
+                format!("{name}: no answer within {:?}", self.connect_timeout),
+            )),
+        }
+    }
+
+    async fn reach(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
         // Until a registry tier exists, every resolution failure is "no such name".
         let resolution = self
             .tiers
@@ -58,14 +77,12 @@ impl Gateway {
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
-        // One deadline for reaching the peer and hearing its answer.
-        let deadline = tokio::time::Instant::now() + self.connect_timeout;
-        let stream = match tokio::time::timeout_at(deadline, self.open(peer, addrs)).await {
-            Ok(Ok(stream)) => stream,
+        let opened = match tokio::time::timeout(self.open_budget(), self.open(peer, addrs)).await {
+            Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 return Err(ConnectError::new(failure_of_open(&error), format!("{name}: {error}")));
             }
-            Err(_) if self.control.is_connected(&peer) => {
+            Err(_) if self.connected.contains(&peer) => {
                 let message = format!("{name}: {peer} did not accept a stream in time");
                 return Err(ConnectError::new(FailureKind::TimedOut, message));
             }
@@ -75,6 +92,15 @@ impl Gateway {
                 return Err(ConnectError::new(FailureKind::Unreachable, message));
             }
         };
+        let Opened { stream, connection, .. } = opened;
+        let guard = self.tunnels.register(tunnels::Info {
+            peer,
+            connection,
+            direction: Direction::Out,
+            service: None,
+            local: None,
+            since: Instant::now(),
+        });
         let mut stream = stream.compat();
         let exchange = async {
             use tokio::io::AsyncWriteExt;
@@ -83,27 +109,21 @@ impl Gateway {
             let response = Response::read(&mut stream).await.map_err(std::io::Error::other);
             response.map_err(|e| sent.err().unwrap_or(e))
         };
-        let response = match tokio::time::timeout_at(deadline, exchange).await {
-            Ok(Ok(response)) => response,
-            Ok(Err(error)) => {
-                return Err(ConnectError::new(
-                    FailureKind::Unreachable,
-                    format!("{name}: {error}"),
-                ));
-            }
-            Err(_) => {
-                return Err(ConnectError::new(
-                    FailureKind::TimedOut,
-                    format!("{name}: no answer in time"),
-                ));
-            }
-        };
+        let response = exchange.await.map_err(|error| {
+            ConnectError::new(FailureKind::Unreachable, format!("{name}: {error}"))
+        })?;
         match failure_of_status(response.status) {
-            None => Ok(stream),
+            None => Ok(Framed::new(stream, Some(guard))),
             Some(kind) => {
                 Err(ConnectError::new(kind, format!("{name}:{port}: {}", response.reason)))
             }
         }
+    }
+
+    /// Reaching the peer may take the whole deadline but a moment: when it runs out, the
+    /// answer says whether a path existed (0x06) or not (0x04).
+    fn open_budget(&self) -> Duration {
+        self.connect_timeout.saturating_sub(self.connect_timeout / 20)
     }
 
     /// Open a stream, trying again after a failed dial or a connection that died under the
@@ -115,10 +135,10 @@ impl Gateway {
         &self,
         peer: libp2p::PeerId,
         addrs: Vec<libp2p::Multiaddr>,
-    ) -> Result<Stream, OpenError> {
+    ) -> Result<Opened, OpenError> {
         let mut backoff = Duration::from_millis(100);
         loop {
-            match self.control.open(peer, addrs.clone()).await {
+            match self.node.open(peer, addrs.clone()).await {
                 Err(error @ (OpenError::Dial(_) | OpenError::ConnectionLost))
                     if backoff <= MAX_DIAL_BACKOFF =>
                 {
@@ -132,18 +152,13 @@ impl Gateway {
     }
 
     /// The relays to reach `name` through: its network's, or every network's for a bare peer
-    /// label; one address per relay, the first listed. Dialling a relay on one transport only
-    /// matters for hole punching: a peer learns its public address from the connection it has to
-    /// the relay, and both peers must learn addresses of the same transport (TCP with TCP, QUIC
-    /// with QUIC) for their simultaneous dials to meet. The reservation also starts on the first
-    /// address; when it is not connected there, its connection is reused for circuits anyway.
+    /// label; one address per relay (see [`one_per_relay`]).
     fn relays_for<'a>(&'a self, name: &Name) -> impl Iterator<Item = &'a RelayAddr> + 'a {
         let candidates: Box<dyn Iterator<Item = &'a RelayAddr> + 'a> = match name.network() {
             Some(network) => Box::new(self.relays.get(network).into_iter().flatten()),
             None => Box::new(self.relays.values().flatten()),
         };
-        let mut seen = std::collections::HashSet::new();
-        candidates.filter(move |relay| seen.insert(relay.peer))
+        one_per_relay(candidates)
     }
 
     async fn direct(&self, target: &Target) -> Result<TcpStream, ConnectError> {
@@ -213,7 +228,7 @@ pub fn failure_of_status(status: Status) -> Option<FailureKind> {
         Status::NotAuthorized => Some(FailureKind::NotAllowed),
         Status::NoSuchService => Some(FailureKind::NoSuchService),
         Status::Refused => Some(FailureKind::Refused),
-        Status::ServiceTimeout => Some(FailureKind::TimedOut),
+        Status::ServiceTimeout => Some(FailureKind::ServiceTimeout),
         Status::Busy => Some(FailureKind::Busy),
         Status::BadRequest | Status::Unknown(_) => Some(FailureKind::General),
     }

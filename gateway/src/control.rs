@@ -1,7 +1,8 @@
 //! The control socket: a Unix socket in the home (mode 0600) that `peerup status` asks.
 //!
-//! One request per connection: a line of JSON (`{"command":"status"}`), answered by one line of
-//! JSON. The socket lives at `<home>/control.sock`, or in `$XDG_RUNTIME_DIR` when that path is
+//! One request per connection: a line of JSON (`{"command":"status"}` or
+//! `{"command":"reload"}`), answered by one line of JSON. The client side gives up after
+//! [`CLIENT_TIMEOUT`], so a frozen daemon cannot hang `peerup status`. The socket lives at `<home>/control.sock`, or in `$XDG_RUNTIME_DIR` when that path is
 //! too long for a Unix socket; state.json names the path in use. A socket that answers means a
 //! daemon already runs in this home, and a second one refuses to start.
 
@@ -16,12 +17,18 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
 use crate::files::Home;
+use crate::node::Handle;
+use crate::reload;
 
 /// Longest socket path we use (sun_path holds 108 bytes including the NUL).
 const MAX_SOCKET_PATH: usize = 100;
 /// A request line longer than this is refused.
 const MAX_REQUEST: usize = 4096;
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a client waits for the daemon's answer.
+pub const CLIENT_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause after a failed accept (out of descriptors, say) before trying again.
+const ACCEPT_BACKOFF: Duration = Duration::from_millis(100);
 
 #[derive(Debug, thiserror::Error)]
 pub enum ControlError {
@@ -94,10 +101,12 @@ impl ControlServer {
         &self.path
     }
 
-    /// Answer requests until `stop`; status snapshots come from `status`.
+    /// Answer requests until `stop`: status snapshots from the node, reloads from the reload
+    /// loop.
     pub async fn run(
         self,
-        status: mpsc::Sender<oneshot::Sender<serde_json::Value>>,
+        node: Handle,
+        reload: mpsc::Sender<reload::Request>,
         stop: CancellationToken,
     ) {
         loop {
@@ -107,12 +116,15 @@ impl ControlServer {
                     Ok((socket, _)) => socket,
                     Err(error) => {
                         warn!(%error, "control accept failed");
-                        continue;
+                        tokio::select! {
+                            () = stop.cancelled() => break,
+                            () = tokio::time::sleep(ACCEPT_BACKOFF) => continue,
+                        }
                     }
                 },
             };
-            // One request at a time is plenty for a status socket, and bounds the work.
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &status)).await;
+            // One request at a time is plenty for a control socket, and bounds the work.
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &node, &reload)).await;
             if let Ok(Err(error)) = answer {
                 debug!(%error, "control request failed");
             }
@@ -123,24 +135,29 @@ impl ControlServer {
 
 async fn serve(
     socket: UnixStream,
-    status: &mpsc::Sender<oneshot::Sender<serde_json::Value>>,
+    node: &Handle,
+    reload: &mpsc::Sender<reload::Request>,
 ) -> std::io::Result<()> {
     let (read, mut write) = socket.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
     reader.read_line(&mut line).await?;
     let request: serde_json::Value = serde_json::from_str(&line).unwrap_or_default();
+    let shutting_down = || serde_json::json!({ "error": "shutting down" });
     let reply = match request.get("command").and_then(|c| c.as_str()) {
-        Some("status") => {
+        Some("status") => node.status().await.unwrap_or_else(|_| shutting_down()),
+        Some("reload") => {
             let (tx, rx) = oneshot::channel();
-            match status.send(tx).await {
-                Ok(()) => {
-                    rx.await.unwrap_or_else(|_| serde_json::json!({ "error": "shutting down" }))
-                }
-                Err(_) => serde_json::json!({ "error": "shutting down" }),
+            match reload.send(tx).await {
+                Ok(()) => match rx.await {
+                    Ok(Ok(summary)) => serde_json::json!({ "reloaded": summary }),
+                    Ok(Err(error)) => serde_json::json!({ "error": error }),
+                    Err(_) => shutting_down(),
+                },
+                Err(_) => shutting_down(),
             }
         }
-        _ => serde_json::json!({ "error": "unknown request; expected {\"command\":\"status\"}" }),
+        _ => serde_json::json!({ "error": "unknown request; expected status or reload" }),
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
@@ -148,8 +165,19 @@ async fn serve(
     write.shutdown().await
 }
 
-/// Ask the daemon at `path`.
+/// Ask the daemon at `path`; a daemon that does not answer within [`CLIENT_TIMEOUT`] is an
+/// error (`TimedOut`), not a hang.
 pub async fn request(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, ask(path, command)).await {
+        Ok(answer) => answer,
+        Err(_) => Err(std::io::Error::new(
+            std::io::ErrorKind::TimedOut,
+            format!("the daemon did not answer within {CLIENT_TIMEOUT:?}"),
+        )),
+    }
+}
+
+async fn ask(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
     let socket = UnixStream::connect(path).await?;
     let (read, mut write) = socket.into_split();
     let mut line = serde_json::to_vec(&serde_json::json!({ "command": command }))

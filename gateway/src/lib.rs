@@ -6,19 +6,27 @@
 //!
 //! # Layout
 //! - [`cli`]: the command line, and the one place where failures become exit codes.
-//! - [`daemon`]: `peerup run` — load, bind, write state.json, serve, drain on a signal.
-//! - [`node`]: the libp2p swarm, the connection gate and our tunnel stream behaviour.
+//! - [`runtime`]: what `run` and `relay` share — state.json, signals, control socket, reload,
+//!   and the owner of their background tasks.
+//! - [`daemon`]: `peerup run` — load, bind, serve, reload, drain on a signal.
+//! - [`relay`]: `peerup relay` — a circuit relay for a network's members.
+//! - [`node`]: the libp2p swarm, its command channel, the connection gate and our tunnel
+//!   stream behaviour.
 //! - [`service`]: serving inbound tunnel streams to local services, with per-stream checks.
 //! - [`connect`]: reaching a target (tunnel or direct) for the SOCKS front end.
-//! - [`protocol`]: the `/peerup/tunnel/1.0.0` header, pure encode/decode.
+//! - [`tunnels`]: every live tunnel and its kill switch; a tunnel stream as a framed bridge leg.
+//! - [`protocol`]: `/peerup/tunnel/2.0.0` — the header and the frames, pure encode/decode.
+//! - [`reload`]: allow lists, names and services follow their files without a restart.
+//! - [`control`]: the control socket (`peerup status`, reloads).
 //! - [`auth`]: authorized_keys files and the access decisions made with them.
 //! - [`config`], [`identity`], [`files`]: the home directory and what is in it.
 //!
 //! # Data path
-//! app → SOCKS5 (proxy) → [`connect::Gateway`] → resolver tiers → [`node::Control::open`] →
+//! app → SOCKS5 (proxy) → [`connect::Gateway`] → resolver tiers → [`node::Handle::open`] →
 //! one yamux stream on an authenticated connection → the serving peer's [`service`] host →
-//! its local TCP service. Each TCP connection is one stream; bytes are bridged with 64 KiB
-//! buffers and half-close passes through end to end.
+//! its local TCP service. Each TCP connection is one stream carrying frames; bytes are bridged
+//! with 64 KiB buffers, half-close passes through end to end, and an abnormal end anywhere is a
+//! TCP reset at both ends.
 
 pub mod auth;
 pub mod cli;
@@ -31,4 +39,7 @@ pub mod identity;
 pub mod node;
 pub mod protocol;
 pub mod relay;
+pub mod reload;
+pub mod runtime;
 pub mod service;
+pub mod tunnels;

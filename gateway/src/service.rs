@@ -1,14 +1,16 @@
-//! Serving tunnel streams: the peer side of `/peerup/tunnel/1.0.0`.
+//! Serving tunnel streams: the peer side of `/peerup/tunnel/2.0.0`.
 //!
 //! Every inbound stream is admitted against two bounds (streams per peer and in total); past
 //! them it is answered "busy". An admitted stream has a few seconds to send its request; the
 //! named service must exist and its list must allow the peer (checked on every stream, even
-//! from a peer we dialled ourselves). Then the service's local address is connected, and only
-//! once it accepted do we answer OK and start bridging bytes.
+//! from a peer we dialled ourselves, and again whenever the lists change: see [`Tunnels`]).
+//! Then the service's local address is connected within `limits.service_timeout` — shorter
+//! than the opener's deadline, so a slow service is reported as such and not as a peer that
+//! timed out — and only once it accepted do we answer OK and start bridging frames.
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use peerup_proxy::bridge;
@@ -24,6 +26,7 @@ use crate::config::{Config, HostPort, ServiceName};
 use crate::node::Inbound;
 use crate::node::tunnel::refuse;
 use crate::protocol::{Request, Response, Status};
+use crate::tunnels::{self, Direction, Framed, Tunnels};
 
 /// Time a peer has to send its request after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
@@ -72,14 +75,15 @@ pub struct StreamLimits {
     pub per_peer: usize,
     pub total: usize,
     /// Time a service's local address has to accept.
-    pub connect_timeout: Duration,
+    pub service_timeout: Duration,
 }
 
 /// Serves inbound tunnel streams.
 #[derive(Debug)]
 pub struct ServiceHost {
-    table: ServiceTable,
+    table: std::sync::RwLock<Arc<ServiceTable>>,
     access: Arc<Access>,
+    tunnels: Arc<Tunnels>,
     limits: StreamLimits,
     total: Arc<Semaphore>,
     per_peer: Mutex<HashMap<PeerId, usize>>,
@@ -105,29 +109,61 @@ impl Drop for Slot {
 }
 
 impl ServiceHost {
-    pub fn new(table: ServiceTable, access: Arc<Access>, limits: StreamLimits) -> Arc<Self> {
+    pub fn new(
+        table: ServiceTable,
+        access: Arc<Access>,
+        tunnels: Arc<Tunnels>,
+        limits: StreamLimits,
+    ) -> Arc<Self> {
         Arc::new(ServiceHost {
-            table,
+            table: std::sync::RwLock::new(Arc::new(table)),
             access,
+            tunnels,
             limits,
             total: Arc::new(Semaphore::new(limits.total)),
             per_peer: Mutex::new(HashMap::new()),
         })
     }
 
+    /// Replace the services (a reload): new streams see the new table; open tunnels to a
+    /// service that is gone or moved are reset.
+    pub fn replace_services(&self, table: ServiceTable) {
+        let table = Arc::new(table);
+        *self.table.write().unwrap_or_else(|e| e.into_inner()) = table.clone();
+        let gone = |t: &tunnels::Info| {
+            t.direction == Direction::In
+                && t.service.as_ref().is_some_and(|name| {
+                    table
+                        .by_name
+                        .get(name.as_str())
+                        .is_none_or(|def| Some(&def.local) != t.local.as_ref())
+                })
+        };
+        let count = self.tunnels.reset(gone, crate::protocol::frame::Reason::Revoked);
+        if count > 0 {
+            info!(tunnels = count, "services changed: reset the tunnels of removed services");
+        }
+    }
+
+    fn table(&self) -> Arc<ServiceTable> {
+        self.table.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
     /// Serve streams from `inbound` until `stop` is cancelled; afterwards new streams are
-    /// answered "busy" by the node. Stream tasks are spawned on `tasks`.
+    /// answered "busy" by the node. Stream tasks are spawned on `tasks`; cancelling `abort`
+    /// resets the tunnels still open.
     pub async fn run(
         self: Arc<Self>,
         mut inbound: mpsc::Receiver<Inbound>,
         stop: CancellationToken,
+        abort: CancellationToken,
         tasks: TaskTracker,
     ) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => break,
                 next = inbound.recv() => match next {
-                    Some(stream) => self.admit(stream, &tasks),
+                    Some(stream) => self.admit(stream, &tasks, &abort),
                     None => return,
                 },
             }
@@ -138,14 +174,14 @@ impl ServiceHost {
         }
     }
 
-    fn admit(self: &Arc<Self>, inbound: Inbound, tasks: &TaskTracker) {
+    fn admit(self: &Arc<Self>, inbound: Inbound, tasks: &TaskTracker, abort: &CancellationToken) {
         let span = info_span!("serve", peer = %inbound.peer, relayed = inbound.relayed, service = tracing::field::Empty);
         let Some(slot) = self.try_slot(inbound.peer) else {
             span.in_scope(|| info!("stream limit reached: answering busy"));
             tasks.spawn(refuse(inbound.stream, Status::Busy, "stream limit reached"));
             return;
         };
-        tasks.spawn(self.clone().serve(inbound, slot).instrument(span));
+        tasks.spawn(self.clone().serve(inbound, slot, abort.clone()).instrument(span));
     }
 
     fn try_slot(self: &Arc<Self>, peer: PeerId) -> Option<Slot> {
@@ -159,7 +195,7 @@ impl ServiceHost {
         Some(Slot { host: self.clone(), peer, _total: total })
     }
 
-    async fn serve(self: Arc<Self>, inbound: Inbound, _slot: Slot) {
+    async fn serve(self: Arc<Self>, inbound: Inbound, _slot: Slot, abort: CancellationToken) {
         debug!("inbound tunnel stream");
         let mut stream = inbound.stream.compat();
         let request = match tokio::time::timeout(REQUEST_TIMEOUT, Request::read(&mut stream)).await
@@ -173,20 +209,30 @@ impl ServiceHost {
             }
             Err(_) => return debug!("no tunnel request in time"),
         };
-        let Some(service) = self.table.find(&request) else {
+        let Some(service) = self.table().find(&request).cloned() else {
             info!(%request, "no such service");
             let _ =
                 Response::new(Status::NoSuchService, "no such service").refuse(&mut stream).await;
             return;
         };
         Span::current().record("service", service.name.as_str());
+        // Registered before the check: a revocation either happens before it (and the check
+        // sees it) or after (and the registry resets this tunnel).
+        let guard = self.tunnels.register(tunnels::Info {
+            peer: inbound.peer,
+            connection: inbound.connection,
+            direction: Direction::In,
+            service: Some(service.name.clone()),
+            local: Some(service.local.clone()),
+            since: Instant::now(),
+        });
         if !self.access.may_use(&service.name, &inbound.peer) {
             info!("refused: peer is not authorized for this service");
             let _ =
                 Response::new(Status::NotAuthorized, "not authorized").refuse(&mut stream).await;
             return;
         }
-        let mut local = match self.connect_local(&service.local).await {
+        let local = match self.connect_local(&service.local).await {
             Ok(local) => local,
             Err(response) => {
                 info!(local = %service.local, reason = %response.reason, "service unavailable");
@@ -197,17 +243,14 @@ impl ServiceHost {
         if Response::new(Status::Ok, "").write(&mut stream).await.is_err() {
             return;
         }
-        match bridge(&mut stream, &mut local).await {
-            Ok(carried) => {
-                debug!(received = carried.a_to_b, sent = carried.b_to_a, "tunnel closed")
-            }
-            Err(error) => debug!(%error, "tunnel closed with error"),
-        }
+        let started = Instant::now();
+        let outcome = bridge(Framed::new(stream, Some(guard)), local, &abort).await;
+        tunnels::log_end(&outcome, started, tunnels::TunnelLeg::A);
     }
 
     async fn connect_local(&self, local: &HostPort) -> Result<TcpStream, Response> {
         let connect = TcpStream::connect((local.host.as_str(), local.port));
-        match tokio::time::timeout(self.limits.connect_timeout, connect).await {
+        match tokio::time::timeout(self.limits.service_timeout, connect).await {
             Ok(Ok(socket)) => {
                 let _ = socket.set_nodelay(true);
                 Ok(socket)

@@ -1,15 +1,149 @@
-//! Copy bytes both ways between two streams.
+//! Copy bytes both ways between two legs of a connection, and end it truthfully.
 //!
-//! Each direction ends on its own: EOF read on one side becomes a shutdown (half-close) of the
-//! other side's write half, and the other direction keeps flowing until it ends too. Buffers are
-//! large because copy size dominates throughput on this path (8 KiB buffers cost 25–50%).
+//! Each direction ends on its own: a clean end read on one leg (EOF) becomes a clean end written
+//! to the other (a TCP half-close, a tunnel's end frame), and the other direction keeps flowing.
+//! The bridge ends when both directions ended cleanly — then each leg is [`Leg::finish`]ed — or
+//! as soon as anything fails on either leg, or `stop` is cancelled — then each leg is
+//! [`Leg::abort`]ed, which a TCP peer sees as a reset (RST), never as a clean EOF. So a transfer
+//! cut short anywhere is visibly cut short at both ends, and nothing stays open behind it.
+//!
+//! Buffers are large because copy size dominates throughput on this path (8 KiB buffers cost
+//! 25–50%). The bridge is one future that polls both directions (no locks, no extra tasks).
 
-use tokio::io::{AsyncRead, AsyncWrite, copy_bidirectional_with_sizes};
+use std::future::{Future, poll_fn};
+use std::io;
+use std::pin::Pin;
+use std::task::{Context, Poll, ready};
+use std::time::Duration;
+
+use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::net::TcpStream;
+use tokio_util::either::Either;
+use tokio_util::sync::CancellationToken;
 
 /// Bytes buffered per direction.
 pub const BRIDGE_BUFFER: usize = 64 * 1024;
 
-/// Bytes carried by a finished bridge.
+/// Time a clean close may take before the leg is dropped anyway.
+const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// One side of a bridged connection: a socket, a tunnel stream, stdin/stdout.
+///
+/// Reads return `Ok(0)` only for a clean end; an abnormal end (a reset, a tunnel that died) is
+/// an error. `poll_shutdown` writes a clean end of our direction and leaves reading open.
+pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
+    /// Called once before bytes flow (a TCP socket arms its reset-on-crash here).
+    fn start(&mut self) {}
+
+    /// An abnormal end noticed outside reads and writes: a kill switch (access revoked, path
+    /// lost), or the far end failing after its clean end was read. Polled on every wake.
+    fn poll_abnormal(&mut self, _cx: &mut Context<'_>) -> Poll<io::Error> {
+        Poll::Pending
+    }
+
+    /// Both directions ended cleanly: release the leg gracefully.
+    fn finish(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async {}
+    }
+
+    /// The connection ended abnormally: make the far side see a reset, not a clean end.
+    fn abort(self) -> impl Future<Output = ()> + Send
+    where
+        Self: Sized,
+    {
+        async {}
+    }
+}
+
+/// A TCP socket: after [`Leg::start`], dropping it (or our process dying) sends RST; a clean
+/// finish restores the normal close first.
+impl Leg for TcpStream {
+    fn start(&mut self) {
+        // Zero linger in advance: if this process is killed, the kernel resets the socket
+        // instead of closing it with a FIN the app would take for a complete transfer.
+        let _ = self.set_zero_linger();
+    }
+
+    async fn finish(mut self) {
+        let _ = socket2::SockRef::from(&self).set_linger(None);
+        let _ = tokio::time::timeout(FINISH_TIMEOUT, self.shutdown()).await;
+    }
+
+    async fn abort(self) {
+        let _ = self.set_zero_linger();
+        drop(self);
+    }
+}
+
+impl<L: Leg, R: Leg> Leg for Either<L, R> {
+    fn start(&mut self) {
+        match self {
+            Either::Left(l) => l.start(),
+            Either::Right(r) => r.start(),
+        }
+    }
+
+    fn poll_abnormal(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
+        match self {
+            Either::Left(l) => l.poll_abnormal(cx),
+            Either::Right(r) => r.poll_abnormal(cx),
+        }
+    }
+
+    async fn finish(self) {
+        match self {
+            Either::Left(l) => l.finish().await,
+            Either::Right(r) => r.finish().await,
+        }
+    }
+
+    async fn abort(self) {
+        match self {
+            Either::Left(l) => l.abort().await,
+            Either::Right(r) => r.abort().await,
+        }
+    }
+}
+
+/// Any byte stream with no way to signal a reset (stdin/stdout of `peerup connect`): an
+/// abnormal end just closes it, and the caller reports the failure another way.
+#[derive(Debug)]
+pub struct Plain<T>(pub T);
+
+impl<T: AsyncRead + Unpin> AsyncRead for Plain<T> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_read(cx, buf)
+    }
+}
+
+impl<T: AsyncWrite + Unpin> AsyncWrite for Plain<T> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        Pin::new(&mut self.0).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        Pin::new(&mut self.0).poll_shutdown(cx)
+    }
+}
+
+impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Plain<T> {}
+
+/// Bytes carried by a bridge, each way.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Carried {
     /// From `a` to `b`.
@@ -18,27 +152,173 @@ pub struct Carried {
     pub b_to_a: u64,
 }
 
-/// Copy `a` → `b` and `b` → `a` until both directions reached EOF.
-pub async fn bridge<A, B>(a: &mut A, b: &mut B) -> std::io::Result<Carried>
-where
-    A: AsyncRead + AsyncWrite + Unpin + ?Sized,
-    B: AsyncRead + AsyncWrite + Unpin + ?Sized,
-{
-    let (a_to_b, b_to_a) =
-        copy_bidirectional_with_sizes(a, b, BRIDGE_BUFFER, BRIDGE_BUFFER).await?;
-    Ok(Carried { a_to_b, b_to_a })
+/// Which leg an abnormal end came from.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    A,
+    B,
+    /// The stop token: the owner ended the connection (revoked, path lost, shutting down).
+    Stop,
+}
+
+/// How a bridge ended abnormally, and what it had carried by then.
+#[derive(Debug, thiserror::Error)]
+#[error("{error}")]
+pub struct Aborted {
+    pub side: Side,
+    pub error: io::Error,
+    pub carried: Carried,
+}
+
+/// One direction's copy state, as in tokio's `copy_bidirectional`.
+struct Copy {
+    buf: Box<[u8]>,
+    pos: usize,
+    cap: usize,
+    read_done: bool,
+    need_flush: bool,
+    done: bool,
+    amount: u64,
+}
+
+impl Copy {
+    fn new() -> Self {
+        Copy {
+            buf: vec![0; BRIDGE_BUFFER].into_boxed_slice(),
+            pos: 0,
+            cap: 0,
+            read_done: false,
+            need_flush: false,
+            done: false,
+            amount: 0,
+        }
+    }
+
+    /// Copy until `reader` ends and `writer` is shut down. Errors say which side failed.
+    fn poll<R, W>(
+        &mut self,
+        cx: &mut Context<'_>,
+        reader: &mut R,
+        writer: &mut W,
+    ) -> Poll<Result<(), (bool, io::Error)>>
+    where
+        R: AsyncRead + Unpin + ?Sized,
+        W: AsyncWrite + Unpin + ?Sized,
+    {
+        loop {
+            if self.pos == self.cap && !self.read_done {
+                let mut buf = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
+                    Poll::Ready(Ok(())) => {
+                        let n = buf.filled().len();
+                        if n == 0 {
+                            self.read_done = true;
+                        } else {
+                            self.pos = 0;
+                            self.cap = n;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
+                    Poll::Pending => {
+                        if self.need_flush {
+                            ready!(Pin::new(&mut *writer).poll_flush(cx))
+                                .map_err(|e| (false, e))?;
+                            self.need_flush = false;
+                        }
+                        return Poll::Pending;
+                    }
+                }
+            }
+            while self.pos < self.cap {
+                let n =
+                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
+                        .map_err(|e| (false, e))?;
+                if n == 0 {
+                    let e = io::Error::new(io::ErrorKind::WriteZero, "write returned zero");
+                    return Poll::Ready(Err((false, e)));
+                }
+                self.pos += n;
+                self.amount += n as u64;
+                self.need_flush = true;
+            }
+            if self.pos == self.cap && self.read_done {
+                ready!(Pin::new(&mut *writer).poll_shutdown(cx)).map_err(|e| (false, e))?;
+                self.done = true;
+                return Poll::Ready(Ok(()));
+            }
+        }
+    }
+}
+
+/// Copy `a` → `b` and `b` → `a` until both directions ended cleanly, then finish both legs;
+/// on any failure, or when `stop` is cancelled, abort both legs (see the module docs).
+pub async fn bridge<A: Leg, B: Leg>(
+    mut a: A,
+    mut b: B,
+    stop: &CancellationToken,
+) -> Result<Carried, Aborted> {
+    a.start();
+    b.start();
+    let (mut ab, mut ba) = (Copy::new(), Copy::new());
+    let stopped = stop.cancelled();
+    let mut stopped = std::pin::pin!(stopped);
+    let outcome = poll_fn(|cx| {
+        if stopped.as_mut().poll(cx).is_ready() {
+            let error = io::Error::new(io::ErrorKind::ConnectionAborted, "ended by the gateway");
+            return Poll::Ready(Err((Side::Stop, error)));
+        }
+        if let Poll::Ready(e) = a.poll_abnormal(cx) {
+            return Poll::Ready(Err((Side::A, e)));
+        }
+        if let Poll::Ready(e) = b.poll_abnormal(cx) {
+            return Poll::Ready(Err((Side::B, e)));
+        }
+        if !ab.done
+            && let Poll::Ready(Err((reading, e))) = ab.poll(cx, &mut a, &mut b)
+        {
+            return Poll::Ready(Err((if reading { Side::A } else { Side::B }, e)));
+        }
+        if !ba.done
+            && let Poll::Ready(Err((reading, e))) = ba.poll(cx, &mut b, &mut a)
+        {
+            return Poll::Ready(Err((if reading { Side::B } else { Side::A }, e)));
+        }
+        if ab.done && ba.done { Poll::Ready(Ok(())) } else { Poll::Pending }
+    })
+    .await;
+    let carried = Carried { a_to_b: ab.amount, b_to_a: ba.amount };
+    match outcome {
+        Ok(()) => {
+            tokio::join!(a.finish(), b.finish());
+            Ok(carried)
+        }
+        Err((side, error)) => {
+            tokio::join!(a.abort(), b.abort());
+            Err(Aborted { side, error, carried })
+        }
+    }
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::{AsyncReadExt, AsyncWriteExt, duplex};
+    use tokio::io::AsyncReadExt;
+    use tokio::net::TcpListener;
+
+    /// Two connected loopback sockets.
+    async fn pair() -> (TcpStream, TcpStream) {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (client, accepted) = tokio::join!(TcpStream::connect(addr), listener.accept());
+        (client.unwrap(), accepted.unwrap().0)
+    }
 
     #[tokio::test]
     async fn half_close_passes_through_and_other_direction_keeps_flowing() {
-        let (mut client, mut a) = duplex(1024);
-        let (mut b, mut server) = duplex(1024);
-        let bridging = tokio::spawn(async move { bridge(&mut a, &mut b).await });
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let stop = CancellationToken::new();
+        let bridging = tokio::spawn(async move { bridge(a, b, &stop).await });
 
         client.write_all(b"request").await.unwrap();
         client.shutdown().await.unwrap();
@@ -54,5 +334,45 @@ mod tests {
 
         let carried = bridging.await.unwrap().unwrap();
         assert_eq!(carried, Carried { a_to_b: 7, b_to_a: 18 });
+    }
+
+    #[tokio::test]
+    async fn a_reset_on_one_leg_becomes_a_reset_on_the_other() {
+        let (client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let stop = CancellationToken::new();
+        let bridging = tokio::spawn(async move { bridge(a, b, &stop).await });
+        // The client resets its connection (zero linger, then close).
+        client.set_zero_linger().unwrap();
+        drop(client);
+        let mut buf = [0u8; 16];
+        let read = server.read(&mut buf).await;
+        assert_eq!(
+            read.map_err(|e| e.kind()),
+            Err(io::ErrorKind::ConnectionReset),
+            "the server sees a reset, not EOF"
+        );
+        let aborted = bridging.await.unwrap().unwrap_err();
+        assert_eq!(aborted.side, Side::A);
+    }
+
+    #[tokio::test]
+    async fn the_stop_token_resets_both_sides() {
+        let (mut client, a) = pair().await;
+        let (b, mut server) = pair().await;
+        let stop = CancellationToken::new();
+        let token = stop.clone();
+        let bridging = tokio::spawn(async move { bridge(a, b, &token).await });
+        client.write_all(b"x").await.unwrap();
+        let mut one = [0u8; 1];
+        server.read_exact(&mut one).await.unwrap();
+        stop.cancel();
+        let aborted = bridging.await.unwrap().unwrap_err();
+        assert_eq!((aborted.side, aborted.carried.a_to_b), (Side::Stop, 1));
+        let mut buf = [0u8; 16];
+        for socket in [&mut client, &mut server] {
+            let read = socket.read(&mut buf).await.map_err(|e| e.kind());
+            assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
+        }
     }
 }

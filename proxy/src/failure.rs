@@ -23,6 +23,8 @@ pub enum FailureKind {
     NoSuchService,
     /// The service's local address (or a direct target) refused the connection.
     Refused,
+    /// The service's local address did not accept in time (the serving peer gave up first).
+    ServiceTimeout,
     /// The serving peer is at its stream limit; try again later.
     Busy,
     /// The command is not supported (BIND, UDP ASSOCIATE).
@@ -38,7 +40,9 @@ impl FailureKind {
             FailureKind::NoSuchName | FailureKind::Unreachable => ReplyError::HostUnreachable,
             FailureKind::TimedOut => ReplyError::ConnectionTimeout,
             FailureKind::NotAllowed => ReplyError::ConnectionNotAllowed,
-            FailureKind::NoSuchService | FailureKind::Refused => ReplyError::ConnectionRefused,
+            FailureKind::NoSuchService | FailureKind::Refused | FailureKind::ServiceTimeout => {
+                ReplyError::ConnectionRefused
+            }
             FailureKind::CommandNotSupported => ReplyError::CommandNotSupported,
             FailureKind::Busy | FailureKind::General => ReplyError::GeneralFailure,
         }
@@ -70,6 +74,7 @@ impl FailureKind {
             FailureKind::NotAllowed => "not authorized",
             FailureKind::NoSuchService => "no such service",
             FailureKind::Refused => "connection refused",
+            FailureKind::ServiceTimeout => "the service did not accept in time",
             FailureKind::Busy => "peer is busy",
             FailureKind::CommandNotSupported => "command not supported",
             FailureKind::General => "general failure",
@@ -109,6 +114,7 @@ mod tests {
         assert_eq!(NotAllowed.socks5_reply().as_u8(), 0x02);
         assert_eq!(NoSuchService.socks5_reply().as_u8(), 0x05);
         assert_eq!(Refused.socks5_reply().as_u8(), 0x05);
+        assert_eq!(ServiceTimeout.socks5_reply().as_u8(), 0x05);
         assert_eq!(CommandNotSupported.socks5_reply().as_u8(), 0x07);
         assert_eq!(General.socks5_reply().as_u8(), 0x01);
     }

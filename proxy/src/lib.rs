@@ -10,7 +10,8 @@
 //! - [`target`]: what a client asked to reach.
 //! - [`socks`]: the bound SOCKS5 server, its accept loop and per-connection handshake.
 //! - [`client`]: a SOCKS5 client for the CLI's `connect`.
-//! - [`bridge`]: copying bytes both ways with large buffers and half-close passed through.
+//! - [`bridge`]: copying bytes both ways with large buffers, half-close passed through, and
+//!   abnormal ends passed on as resets.
 //!
 //! # Invariants
 //! - The success reply is sent only after the connector returned a connected stream.
@@ -25,7 +26,7 @@ pub mod failure;
 pub mod socks;
 pub mod target;
 
-pub use bridge::{BRIDGE_BUFFER, bridge};
+pub use bridge::{Aborted, BRIDGE_BUFFER, Carried, Leg, Plain, Side, bridge};
 pub use failure::{ConnectError, FailureKind};
 pub use socks::{Connector, SocksConfig, SocksServer};
 pub use target::Target;

@@ -14,20 +14,20 @@ use std::time::Duration;
 
 use fast_socks5::Socks5Command;
 use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
-use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bridge::bridge;
+use crate::bridge::{Leg, bridge};
 use crate::failure::{ConnectError, FailureKind};
 use crate::target::Target;
 
 /// Turns a target into a connected byte stream. Implemented by the gateway.
 pub trait Connector: Send + Sync + 'static {
-    type Stream: AsyncRead + AsyncWrite + Unpin + Send + 'static;
+    type Stream: Leg + 'static;
 
     fn connect(
         &self,
@@ -67,11 +67,13 @@ impl SocksServer {
     }
 
     /// Accept and serve clients until `shutdown` is cancelled. Connection tasks are spawned on
-    /// `tasks` so the caller can drain them with a deadline.
+    /// `tasks` so the caller can drain them with a deadline; cancelling `abort` resets every
+    /// connection still open.
     pub async fn run<C: Connector>(
         self,
         connector: Arc<C>,
         shutdown: CancellationToken,
+        abort: CancellationToken,
         tasks: TaskTracker,
     ) {
         let limit = Arc::new(Semaphore::new(self.config.max_connections));
@@ -98,9 +100,10 @@ impl SocksServer {
             let connector = connector.clone();
             let timeout = self.config.handshake_timeout;
             let span = info_span!("socks", %client);
+            let abort = abort.clone();
             tasks.spawn(
                 async move {
-                    serve(socket, connector.as_ref(), timeout).await;
+                    serve(socket, connector.as_ref(), timeout, &abort).await;
                     drop(permit);
                 }
                 .instrument(span),
@@ -112,7 +115,12 @@ impl SocksServer {
 type CommandRead<'a> =
     Socks5ServerProtocol<&'a mut TcpStream, fast_socks5::server::states::CommandRead>;
 
-async fn serve<C: Connector>(mut socket: TcpStream, connector: &C, timeout: Duration) {
+async fn serve<C: Connector>(
+    mut socket: TcpStream,
+    connector: &C,
+    timeout: Duration,
+    abort: &CancellationToken,
+) {
     // Interactive traffic (ssh keystrokes) must not wait for Nagle.
     let _ = socket.set_nodelay(true);
     let (proto, target) = match tokio::time::timeout(timeout, handshake(&mut socket)).await {
@@ -134,20 +142,27 @@ async fn serve<C: Connector>(mut socket: TcpStream, connector: &C, timeout: Dura
             let _ = proto.reply_error(&error.kind.socks5_reply()).await;
             linger_close(socket).await;
         }
-        Ok(mut upstream) => {
+        Ok(upstream) => {
             let unspecified = SocketAddr::V4(SocketAddrV4::new(Ipv4Addr::UNSPECIFIED, 0));
             if proto.reply_success(unspecified).await.is_err() {
-                return;
+                return upstream.abort().await;
             }
             debug!(target = %target_text, "connected");
-            match bridge(&mut socket, &mut upstream).await {
+            match bridge(socket, upstream, abort).await {
                 Ok(carried) => debug!(
                     target = %target_text,
                     sent = carried.a_to_b,
                     received = carried.b_to_a,
                     "closed"
                 ),
-                Err(error) => debug!(target = %target_text, %error, "closed with error"),
+                Err(aborted) => debug!(
+                    target = %target_text,
+                    side = ?aborted.side,
+                    error = %aborted.error,
+                    sent = aborted.carried.a_to_b,
+                    received = aborted.carried.b_to_a,
+                    "reset"
+                ),
             }
         }
     }

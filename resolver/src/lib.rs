@@ -18,8 +18,8 @@ pub mod tier;
 pub use label::{PeerLabelError, parse_peer, peer_label};
 pub use name::{Label, Name, NameError};
 pub use tier::{
-    LocalNames, NameEntry, NameEntryError, Resolution, Resolve, ResolveError, Tier, TierAnswer,
-    Tiers,
+    LocalNames, NameEntry, NameEntryError, ReloadableNames, Resolution, Resolve, ResolveError,
+    Tier, TierAnswer, Tiers,
 };
 
 pub use libp2p_identity::PeerId;

@@ -10,7 +10,7 @@ use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
 use std::str::FromStr;
-use std::sync::Arc;
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 use libp2p_identity::PeerId;
@@ -147,15 +147,49 @@ impl LocalNames {
     }
 }
 
-impl Resolve for LocalNames {
-    fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a> {
-        let answer = self.names.get(&(host.clone(), network.clone())).map(|entry| Resolution {
+impl LocalNames {
+    fn lookup(&self, host: &Label, network: &Label) -> Option<Resolution> {
+        self.names.get(&(host.clone(), network.clone())).map(|entry| Resolution {
             peer: entry.peer,
             addrs: entry.addrs.clone(),
             tier: Tier::Local,
             ttl: LOCAL_TTL,
-        });
-        Box::pin(std::future::ready(Ok(answer)))
+        })
+    }
+}
+
+impl Resolve for LocalNames {
+    fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a> {
+        Box::pin(std::future::ready(Ok(self.lookup(host, network))))
+    }
+}
+
+/// Local names that a reload replaces while lookups go on.
+#[derive(Debug, Default)]
+pub struct ReloadableNames(RwLock<Arc<LocalNames>>);
+
+impl ReloadableNames {
+    pub fn new(names: LocalNames) -> Self {
+        ReloadableNames(RwLock::new(Arc::new(names)))
+    }
+
+    pub fn replace(&self, names: LocalNames) {
+        *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+impl Resolve for ReloadableNames {
+    fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a> {
+        let names = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
+        Box::pin(std::future::ready(Ok(names.lookup(host, network))))
     }
 }
 

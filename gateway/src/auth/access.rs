@@ -39,6 +39,15 @@ impl KeySet {
     pub fn is_empty(&self) -> bool {
         self.peers.is_empty()
     }
+
+    /// The first moment after `now` at which an entry's access ends.
+    fn next_expiry(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        self.peers
+            .values()
+            .filter_map(|e| e.expires.map(|x| x.ends_at()))
+            .filter(|end| *end > now)
+            .min()
+    }
 }
 
 /// Why the lists could not be loaded.
@@ -99,20 +108,60 @@ pub fn load_keys(path: &Path) -> Result<AuthorizedKeys, AccessError> {
     Ok(AuthorizedKeys::parse(&text, path)?)
 }
 
+impl AccessLists {
+    /// The first moment after `now` at which some entry's access ends (`expires=`).
+    pub fn next_expiry(&self, now: OffsetDateTime) -> Option<OffsetDateTime> {
+        std::iter::once(&self.global)
+            .chain(self.services.values())
+            .filter_map(|set| set.next_expiry(now))
+            .min()
+    }
+}
+
+/// Peers remembered as chosen (names we resolved). Past this, the oldest are forgotten: a
+/// forgotten peer is chosen again the next time its name is resolved.
+const CHOSEN_KEPT: usize = 4096;
+
 /// The decisions, shared by the gate, the service host and the connector.
 #[derive(Debug)]
 pub struct Access {
     lists: RwLock<Arc<AccessLists>>,
-    chosen: Mutex<HashSet<PeerId>>,
+    chosen: Mutex<Chosen>,
+}
+
+/// Peers we chose to reach, oldest first, bounded.
+#[derive(Debug, Default)]
+struct Chosen {
+    set: HashSet<PeerId>,
+    order: std::collections::VecDeque<PeerId>,
+}
+
+impl Chosen {
+    fn insert(&mut self, peer: PeerId) {
+        if self.set.insert(peer) {
+            self.order.push_back(peer);
+            while self.order.len() > CHOSEN_KEPT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
 }
 
 impl Access {
     pub fn new(lists: AccessLists) -> Self {
-        Access { lists: RwLock::new(Arc::new(lists)), chosen: Mutex::new(HashSet::new()) }
+        Access { lists: RwLock::new(Arc::new(lists)), chosen: Mutex::new(Chosen::default()) }
     }
 
-    fn lists(&self) -> Arc<AccessLists> {
+    /// The lists in force now.
+    pub fn lists(&self) -> Arc<AccessLists> {
         self.lists.read().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    /// Put new lists in force (a reload); the caller then resets what they no longer allow.
+    pub fn replace(&self, lists: AccessLists) {
+        *self.lists.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);
     }
 
     /// The handshake gate: is this peer in any list?
@@ -141,7 +190,7 @@ impl Access {
 
     /// May we dial this peer? `connected` says whether a connection to it already exists.
     pub fn may_dial(&self, peer: &PeerId, connected: bool) -> bool {
-        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).contains(peer)
+        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).set.contains(peer)
             || self.lists().relays.contains(peer)
             || (connected && self.may_connect(peer))
     }
@@ -192,5 +241,37 @@ mod tests {
         assert!(access.may_dial(&chosen, false));
         assert!(!access.may_dial(&allowed, false) && access.may_dial(&allowed, true));
         assert!(!access.may_dial(&stranger, true));
+    }
+
+    #[test]
+    fn the_chosen_set_is_bounded() {
+        let access = Access::new(AccessLists::default());
+        let first = PeerId::random();
+        access.choose(first);
+        for _ in 0..CHOSEN_KEPT {
+            access.choose(PeerId::random());
+        }
+        let chosen = access.chosen.lock().unwrap();
+        assert_eq!((chosen.set.len(), chosen.order.len()), (CHOSEN_KEPT, CHOSEN_KEPT));
+        assert!(!chosen.set.contains(&first), "the oldest is forgotten first");
+    }
+
+    #[test]
+    fn the_next_expiry_is_the_earliest_future_one() {
+        use time::macros::datetime;
+        let (a, b, c) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let lists = AccessLists {
+            global: set(&format!("{a} expires=2030-01-31\n{b}\n")),
+            services: HashMap::from([(
+                "web".parse().unwrap(),
+                set(&format!("{c} expires=2030-01-01T12:00:00Z\n")),
+            )]),
+            relays: HashSet::new(),
+        };
+        let now = datetime!(2029-06-01 00:00 UTC);
+        assert_eq!(lists.next_expiry(now), Some(datetime!(2030-01-01 12:00 UTC)));
+        let later = datetime!(2030-01-02 00:00 UTC);
+        assert_eq!(lists.next_expiry(later), Some(datetime!(2030-02-01 00:00 UTC)));
+        assert_eq!(lists.next_expiry(datetime!(2031-01-01 00:00 UTC)), None);
     }
 }

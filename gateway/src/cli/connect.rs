@@ -3,7 +3,7 @@
 //! Made for ssh's ProxyCommand. The daemon's SOCKS address comes from `<home>/state.json`; the
 //! SOCKS reply becomes the exit code, and one stderr line says what went wrong (ssh shows it).
 
-use peerup_proxy::bridge;
+use peerup_proxy::{Plain, bridge};
 use peerup_proxy::client::connect_via;
 use peerup_resolver::{Name, ResolveError};
 
@@ -19,11 +19,15 @@ pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
     let socks = state
         .socks
         .ok_or_else(|| Failure::usage("this home runs a relay, which has no SOCKS listener"))?;
-    let mut socket = connect_via(socks, host, port)
+    let socket = connect_via(socks, host, port)
         .await
         .map_err(|e| Failure::new(exit_code(e.kind), e.message))?;
-    let mut stdio = tokio::io::join(tokio::io::stdin(), tokio::io::stdout());
-    bridge(&mut stdio, &mut socket).await.map_err(|e| Failure::new(1, format!("{target}: {e}")))?;
+    let stdio = Plain(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
+    // A tunnel that ends abnormally makes this command fail, so the caller sees a truncation.
+    let never = tokio_util::sync::CancellationToken::new();
+    bridge(stdio, socket, &never)
+        .await
+        .map_err(|e| Failure::new(1, format!("{target}: the connection was reset: {e}")))?;
     Ok(())
 }
 

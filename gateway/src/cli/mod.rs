@@ -124,7 +124,7 @@ pub fn exit_code(kind: FailureKind) -> u8 {
         FailureKind::NoSuchName => 3,
         FailureKind::NotAllowed => 4,
         FailureKind::Unreachable | FailureKind::TimedOut | FailureKind::Busy => 5,
-        FailureKind::NoSuchService | FailureKind::Refused => 6,
+        FailureKind::NoSuchService | FailureKind::Refused | FailureKind::ServiceTimeout => 6,
         FailureKind::CommandNotSupported | FailureKind::General => 1,
     }
 }

@@ -5,7 +5,7 @@ use std::io::Write;
 use super::{Failure, not_running};
 use crate::daemon::State;
 use crate::files::Home;
-use crate::node::NodeStatus;
+use crate::node::status::NodeStatus;
 use crate::relay::RelayStatus;
 
 pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {

@@ -157,9 +157,19 @@ pub struct Limits {
     /// Tunnel streams served at once in total.
     #[serde(default = "default_streams_total")]
     pub streams_total: usize,
-    /// Time to reach a peer and hear its answer, and to reach a service's local address.
+    /// Time to resolve a name, reach its peer and hear the peer's answer (opening side).
     #[serde(default = "default_connect_timeout")]
     pub connect_timeout: Dur,
+    /// Time a service's local address has to accept (serving side); keep it below the
+    /// openers' connect_timeout so they hear "the service did not accept in time".
+    #[serde(default = "default_service_timeout")]
+    pub service_timeout: Dur,
+    /// A ping on every connection this often...
+    #[serde(default = "default_keepalive_interval")]
+    pub keepalive_interval: Dur,
+    /// ...failed after this long without an answer: the path is dead, its tunnels are reset.
+    #[serde(default = "default_keepalive_timeout")]
+    pub keepalive_timeout: Dur,
     /// How long open tunnels may take to finish after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
@@ -186,6 +196,15 @@ fn default_handshake_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
 fn default_connect_timeout() -> Dur {
+    Dur(Duration::from_secs(10))
+}
+fn default_service_timeout() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_keepalive_interval() -> Dur {
+    Dur(Duration::from_secs(5))
+}
+fn default_keepalive_timeout() -> Dur {
     Dur(Duration::from_secs(10))
 }
 fn default_shutdown_grace() -> Dur {
@@ -272,6 +291,9 @@ impl Default for Limits {
             streams_per_peer: default_streams_per_peer(),
             streams_total: default_streams_total(),
             connect_timeout: default_connect_timeout(),
+            service_timeout: default_service_timeout(),
+            keepalive_interval: default_keepalive_interval(),
+            keepalive_timeout: default_keepalive_timeout(),
             shutdown_grace: default_shutdown_grace(),
         }
     }
@@ -350,6 +372,9 @@ impl Config {
         for (key, value) in [
             ("socks.handshake_timeout", self.socks.handshake_timeout),
             ("limits.connect_timeout", limits.connect_timeout),
+            ("limits.service_timeout", limits.service_timeout),
+            ("limits.keepalive_interval", limits.keepalive_interval),
+            ("limits.keepalive_timeout", limits.keepalive_timeout),
         ] {
             if value.0.is_zero() {
                 return Err(ConfigError::invalid(path, key, "must be more than 0"));

@@ -1,14 +1,22 @@
-//! The libp2p node: one task owns the swarm; everything else talks to it through channels.
+//! The gateway's libp2p node: one task owns the swarm; everything else talks to it through
+//! one command channel ([`Handle`]).
 //!
+//! - [`swarm`]: what gateway and relay swarms share (transport settings, keep-alive, listening).
+//! - [`command`]: the command channel into the swarm's task.
 //! - [`gate`]: who may connect (closed at the handshake otherwise) and whom we dial.
-//! - [`tunnel`]: our stream behaviour for `/peerup/tunnel/1.0.0`, and the [`Control`] handle
-//!   that opens streams on the connection we pick.
+//! - [`tunnel`]: our stream behaviour for `/peerup/tunnel/2.0.0`.
+//! - [`reservations`]: a reservation on every configured relay.
+//! - [`status`]: what `peerup status` shows.
 //!
-//! Transports: TCP with TLS or Noise (TLS preferred), then yamux; QUIC. Identify and ping run
-//! on every connection.
+//! Transports: TCP with TLS or Noise (TLS preferred), then yamux; QUIC; circuits through
+//! relays. Identify and ping run on every connection; a failed ping resets the connection's
+//! tunnels and closes it.
 
+pub mod command;
 pub mod gate;
 pub mod reservations;
+pub mod status;
+pub mod swarm;
 pub mod tunnel;
 
 use std::collections::{HashMap, HashSet};
@@ -16,69 +24,28 @@ use std::sync::Arc;
 use std::time::{Duration, Instant, SystemTime};
 
 use futures::StreamExt;
-use libp2p::core::ConnectedPoint;
 use libp2p::identity::Keypair;
-use libp2p::multiaddr::Protocol;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, Swarm, autonat, dcutr, identify, mdns, noise, ping, relay, tcp, tls, yamux,
-};
-use serde::Serialize;
-use tokio::sync::{mpsc, oneshot, watch};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, noise, ping, relay, tcp, tls};
+use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
 use crate::config::RelayAddr;
-use reservations::{ReservationStatus, Reservations};
-pub use tunnel::{Control, Inbound, OpenError};
+use crate::protocol::frame::Reason;
+use crate::tunnels::Tunnels;
+pub use command::{Command, Handle, Opened};
+use reservations::Reservations;
+use status::{ConnInfo, NodeStatus};
+pub use swarm::Keepalive;
+pub use tunnel::{Connected, Inbound, OpenError};
 
-/// Streams one connection may carry at once. yamux needs a 256 KiB window per stream inside
-/// its 1 GiB connection window, which caps this at 4096.
-const MAX_STREAMS_PER_CONNECTION: usize = 1024;
-/// Connections with no stream close after this long.
-const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Inbound streams in protocol negotiation at once, per connection.
 const MAX_NEGOTIATING_INBOUND: usize = 1024;
 /// Time for connections to close gracefully at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
-/// Time for every listener to report its first address.
-const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A request for a status snapshot, answered with JSON.
-pub type StatusRequest = oneshot::Sender<serde_json::Value>;
-
-/// The yamux configuration every connection uses.
-pub(crate) fn yamux_config() -> yamux::Config {
-    let mut config = yamux::Config::default();
-    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
-    config
-}
-
-/// QUIC notices a dead path (a relay that was killed, a network that changed) within
-/// `max_idle_timeout`; quinn's default of 10 s is most of a connect timeout.
-pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
-    config.max_idle_timeout = 5_000;
-    config.keep_alive_interval = Duration::from_secs(1);
-    config
-}
-
-/// Pings every connection; a connection whose pings fail is closed (see `on_behaviour_event`),
-/// so a TCP path that died silently does not hold tunnels for minutes.
-pub(crate) fn ping_config() -> ping::Config {
-    ping::Config::new().with_interval(Duration::from_secs(5)).with_timeout(Duration::from_secs(10))
-}
-
-/// Identify, as every node of ours runs it. No address cache: identify would offer a peer's
-/// every listen address to our dials, and we dial only the addresses we chose.
-pub(crate) fn identify_behaviour(key: &Keypair, agent: &str) -> identify::Behaviour {
-    identify::Behaviour::new(
-        identify::Config::new("/peerup/1.0.0".into(), key.public())
-            .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
-            .with_cache_size(0),
-    )
-}
 
 /// The composed behaviour. Field order matters: the gate decides first.
 #[allow(missing_debug_implementations)] // identify's behaviour has no Debug
@@ -89,7 +56,7 @@ pub struct Behaviour {
     relay_client: relay::client::Behaviour,
     dcutr: dcutr::Behaviour,
     autonat: autonat::Behaviour,
-    identify: identify::Behaviour,
+    identify: libp2p::identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
 }
@@ -109,42 +76,7 @@ pub struct NodeOptions {
     pub relays: Vec<RelayAddr>,
     /// LAN discovery.
     pub mdns: bool,
-}
-
-/// What `peerup status` shows for a gateway.
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct NodeStatus {
-    pub role: String,
-    pub peer_id: String,
-    pub listen: Vec<String>,
-    pub reservations: Vec<ReservationStatus>,
-    pub peers: Vec<PeerStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct PeerStatus {
-    pub peer: String,
-    pub relay: bool,
-    pub connections: Vec<ConnStatus>,
-}
-
-#[derive(Debug, Clone, Serialize, serde::Deserialize)]
-pub struct ConnStatus {
-    /// `direct` or `relayed`.
-    pub path: String,
-    /// `tcp` or `quic`.
-    pub transport: String,
-    pub remote: String,
-    /// `in` or `out`.
-    pub direction: String,
-    pub age_secs: u64,
-}
-
-#[derive(Debug)]
-struct ConnInfo {
-    peer: PeerId,
-    endpoint: ConnectedPoint,
-    since: SystemTime,
+    pub keepalive: Keepalive,
 }
 
 /// A built node, not yet running.
@@ -153,6 +85,8 @@ pub struct Node {
     addrs: watch::Sender<Vec<Multiaddr>>,
     reservations: Reservations,
     connections: HashMap<ConnectionId, ConnInfo>,
+    access: Arc<Access>,
+    tunnels: Arc<Tunnels>,
 }
 
 impl std::fmt::Debug for Node {
@@ -162,14 +96,15 @@ impl std::fmt::Debug for Node {
 }
 
 impl Node {
-    /// Build the swarm. Inbound tunnel streams are delivered on `inbound`.
+    /// Build the swarm. Inbound tunnel streams are delivered on `inbound`; `tunnels` is the
+    /// registry whose tunnels the node resets when their connection dies.
     pub fn build(
         keypair: Keypair,
         access: Arc<Access>,
+        tunnels: Arc<Tunnels>,
         inbound: mpsc::Sender<Inbound>,
         options: NodeOptions,
-    ) -> Result<(Node, Control), NodeError> {
-        let (tunnel, control) = tunnel::Behaviour::new(inbound);
+    ) -> Result<Node, NodeError> {
         let build_error = |e: &dyn std::fmt::Display| NodeError::Build(e.to_string());
         let peer = keypair.public().to_peer_id();
         let mdns = match options.mdns {
@@ -183,52 +118,55 @@ impl Node {
             peer,
             autonat::Config { only_global_ips: false, ..Default::default() },
         );
-        // One address per relay (the first listed), as for reservations and circuits: a relay
-        // reached on a second transport would give us public addresses of the wrong kind for
-        // hole punching (see `connect::Gateway::relays_for`).
-        let mut servers = HashSet::new();
-        for relay in options.relays.iter().filter(|r| servers.insert(r.peer)) {
+        for relay in swarm::one_per_relay(&options.relays) {
             autonat.add_server(relay.peer, Some(relay.full()));
         }
+        let gate = gate::Gate::new(access.clone());
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
                 (tls::Config::new, noise::Config::new),
-                yamux_config,
+                swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?
-            .with_quic_config(quic_config)
-            .with_relay_client((tls::Config::new, noise::Config::new), yamux_config)
+            .with_quic_config(swarm::quic_config)
+            .with_relay_client((tls::Config::new, noise::Config::new), swarm::yamux_config)
             .map_err(|e| build_error(&e))?
             .with_behaviour(move |key, relay_client| Behaviour {
-                gate: gate::Gate::new(access),
-                tunnel,
+                gate,
+                tunnel: tunnel::Behaviour::new(inbound),
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat,
-                identify: identify_behaviour(key, "peerup"),
-                ping: ping::Behaviour::new(ping_config()),
+                identify: swarm::identify_behaviour(key, "peerup"),
+                ping: swarm::ping_behaviour(options.keepalive),
                 mdns: Toggle::from(mdns),
             })
             .map_err(|e| build_error(&e))?
             .with_swarm_config(|c| {
-                c.with_idle_connection_timeout(IDLE_CONNECTION_TIMEOUT)
+                c.with_idle_connection_timeout(swarm::IDLE_CONNECTION_TIMEOUT)
                     .with_max_negotiating_inbound_streams(MAX_NEGOTIATING_INBOUND)
             })
             .build();
         let (addrs, _) = watch::channel(Vec::new());
-        let node = Node {
+        Ok(Node {
             swarm,
             addrs,
             reservations: Reservations::new(options.relays),
             connections: HashMap::new(),
-        };
-        Ok((node, control))
+            access,
+            tunnels,
+        })
     }
 
     pub fn peer_id(&self) -> PeerId {
         *self.swarm.local_peer_id()
+    }
+
+    /// Peers with a connection, shared (read without asking the node's task).
+    pub fn connected(&self) -> Connected {
+        self.swarm.behaviour().tunnel.connected()
     }
 
     /// Bound listen addresses, updated as interfaces come and go.
@@ -238,7 +176,7 @@ impl Node {
 
     /// Start every listener and wait until each reported an address.
     pub async fn listen(&mut self, addrs: &[Multiaddr]) -> Result<(), NodeError> {
-        start_listeners(&mut self.swarm, addrs).await?;
+        swarm::start_listeners(&mut self.swarm, addrs).await?;
         self.publish_addresses();
         Ok(())
     }
@@ -252,9 +190,9 @@ impl Node {
         });
     }
 
-    /// Drive the swarm until `stop` is cancelled, then close every connection gracefully.
-    /// Status requests are answered from `status`.
-    pub async fn run(mut self, stop: CancellationToken, mut status: mpsc::Receiver<StatusRequest>) {
+    /// Drive the swarm and answer `commands` until `stop` is cancelled, then close every
+    /// connection gracefully.
+    pub async fn run(mut self, stop: CancellationToken, mut commands: mpsc::Receiver<Command>) {
         loop {
             self.reservations.open_due(&mut self.swarm, Instant::now());
             let retry = self.reservations.next_retry();
@@ -267,44 +205,54 @@ impl Node {
             tokio::select! {
                 () = stop.cancelled() => return self.close_all().await,
                 () = retry_sleep => {}
-                Some(reply) = status.recv() => {
-                    let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
-                }
+                Some(command) = commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_event(event),
             }
         }
     }
 
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Open { peer, addrs, reply } => {
+                self.swarm.behaviour_mut().tunnel.open(peer, addrs, reply);
+            }
+            Command::AccessChanged => self.enforce_access(),
+            Command::Disconnect(peer) => self.disconnect(peer, Reason::Revoked),
+            Command::Status(reply) => {
+                let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
+            }
+        }
+    }
+
+    /// After the lists changed: close the connections of peers no list allows any more, and
+    /// keep those of peers we chose to reach (a name we resolved, a relay).
+    fn enforce_access(&mut self) {
+        let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+        for peer in peers {
+            if !self.access.may_connect(&peer) && !self.access.may_dial(&peer, false) {
+                info!(%peer, "access revoked: closing its connections");
+                self.disconnect(peer, Reason::Revoked);
+            }
+        }
+    }
+
+    fn disconnect(&mut self, peer: PeerId, reason: Reason) {
+        self.tunnels.reset(|t| t.peer == peer, reason);
+        let _ = self.swarm.disconnect_peer_id(peer);
+    }
+
     /// A snapshot for `peerup status`.
     pub fn status(&self) -> NodeStatus {
-        let now = SystemTime::now();
         let relays: HashSet<PeerId> = self.reservations.relay_peers().collect();
-        let mut peers: HashMap<PeerId, Vec<ConnStatus>> = HashMap::new();
-        for info in self.connections.values() {
-            let remote = info.endpoint.get_remote_address();
-            peers.entry(info.peer).or_default().push(ConnStatus {
-                path: if info.endpoint.is_relayed() { "relayed" } else { "direct" }.into(),
-                transport: transport_of(remote).into(),
-                remote: remote.to_string(),
-                direction: if info.endpoint.is_dialer() { "out" } else { "in" }.into(),
-                age_secs: now.duration_since(info.since).map_or(0, |d| d.as_secs()),
-            });
-        }
-        let mut peers: Vec<PeerStatus> = peers
-            .into_iter()
-            .map(|(peer, connections)| PeerStatus {
-                peer: peer.to_base58(),
-                relay: relays.contains(&peer),
-                connections,
-            })
-            .collect();
-        peers.sort_by(|a, b| a.peer.cmp(&b.peer));
         NodeStatus {
             role: "gateway".into(),
             peer_id: self.peer_id().to_base58(),
             listen: self.swarm.listeners().map(ToString::to_string).collect(),
             reservations: self.reservations.status(),
-            peers,
+            peers: status::peers(self.connections.values(), &relays, |p| {
+                self.tunnels.count_peer(p)
+            }),
+            tunnels: self.tunnels.len(),
         }
     }
 
@@ -313,7 +261,7 @@ impl Node {
     async fn close_all(&mut self) {
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in peers {
-            let _ = self.swarm.disconnect_peer_id(peer);
+            self.disconnect(peer, Reason::Shutdown);
         }
         let closing = async {
             while self.swarm.network_info().num_peers() > 0 {
@@ -350,6 +298,8 @@ impl Node {
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.connections.remove(&connection_id);
+                // yamux does not wake every stream of a connection that closed while closing.
+                self.tunnels.reset_connection(peer_id, connection_id, Reason::PathLost);
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 debug!(remote = %send_back_addr, %error, "inbound connection failed");
@@ -373,8 +323,7 @@ impl Node {
             },
             BehaviourEvent::RelayClient(event) => debug!(?event, "relay client"),
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }) => {
-                info!(%peer, %error, "ping failed: closing the connection");
-                self.swarm.close_connection(connection);
+                self.path_lost(peer, connection, &error);
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 info!(status = ?new, "NAT status");
@@ -388,63 +337,13 @@ impl Node {
             _ => {}
         }
     }
-}
 
-/// `quic` or `tcp`, from the first transport protocol in an address.
-fn transport_of(addr: &Multiaddr) -> &'static str {
-    for protocol in addr.iter() {
-        match protocol {
-            Protocol::QuicV1 | Protocol::Quic => return "quic",
-            Protocol::Tcp(_) => return "tcp",
-            _ => {}
-        }
+    /// A connection's keep-alive failed: its tunnels are reset now (a graceful close would
+    /// wait on the dead path), no new stream goes on it, and the next open dials afresh.
+    fn path_lost(&mut self, peer: PeerId, connection: ConnectionId, error: &ping::Failure) {
+        info!(%peer, %error, "keep-alive failed: resetting the connection's tunnels and closing it");
+        self.swarm.behaviour_mut().tunnel.retire(&peer, connection);
+        self.tunnels.reset_connection(peer, connection, Reason::PathLost);
+        self.swarm.close_connection(connection);
     }
-    "other"
-}
-
-/// Start every listener and wait until each reported an address. An address that cannot be
-/// bound is skipped with a warning; none at all is an error.
-pub(crate) async fn start_listeners<B: NetworkBehaviour>(
-    swarm: &mut Swarm<B>,
-    addrs: &[Multiaddr],
-) -> Result<(), NodeError> {
-    let mut pending = HashSet::new();
-    let mut errors = Vec::new();
-    for addr in addrs {
-        match swarm.listen_on(addr.clone()) {
-            Ok(id) => {
-                pending.insert(id);
-            }
-            Err(e) => {
-                warn!(%addr, error = %e, "cannot listen");
-                errors.push(format!("{addr}: {e}"));
-            }
-        }
-    }
-    if pending.is_empty() {
-        return Err(NodeError::Listen(errors.join("; ")));
-    }
-    let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
-    tokio::pin!(deadline);
-    while !pending.is_empty() {
-        let event = tokio::select! {
-            event = swarm.select_next_some() => event,
-            () = &mut deadline => return Err(NodeError::Listen("listeners did not start in time".into())),
-        };
-        match event {
-            SwarmEvent::NewListenAddr { listener_id, address } => {
-                info!(%address, "listening");
-                pending.remove(&listener_id);
-            }
-            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
-                warn!(?addresses, ?reason, "listener closed");
-                pending.remove(&listener_id);
-            }
-            _ => {}
-        }
-    }
-    if swarm.listeners().next().is_none() {
-        return Err(NodeError::Listen(errors.join("; ")));
-    }
-    Ok(())
 }

@@ -1,9 +1,12 @@
-//! `peerup relay`: load the relay's config and members, bind, write state.json, serve.
+//! `peerup relay`: load the relay's config and members, bind, write state.json, serve. Built
+//! from the same runtime pieces as `peerup run` (see [`crate::runtime`]); the member list
+//! follows its file (a removed member loses its connections and circuits at once).
 
+use std::path::PathBuf;
 use std::sync::Arc;
+use std::time::SystemTime;
 
 use libp2p::Multiaddr;
-use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -12,27 +15,28 @@ use crate::auth::Access;
 use crate::auth::access::{AccessLists, load_keys};
 use crate::config::Config;
 use crate::control::ControlServer;
-use crate::daemon::{StartError, State, join, until_signal_or_failure, warn_if_root, write_state};
 use crate::files::Home;
 use crate::identity;
+use crate::node::{Handle, Keepalive};
+use crate::reload::Reload;
+use crate::runtime::{Ended, Parts, Runtime, StartError, State, warn_if_root};
 
 /// Run the relay until SIGINT or SIGTERM.
 pub async fn run(home: Home) -> Result<(), StartError> {
     warn_if_root();
     let mut relay = RelayDaemon::start(home).await?;
-    let outcome = until_signal_or_failure(&mut relay.node).await;
+    let ended = relay.runtime.wait().await;
     relay.shutdown().await;
-    outcome
+    match ended {
+        Ended::Signal => Ok(()),
+        Ended::NodeStopped(why) => Err(StartError::NodeStopped(why)),
+    }
 }
 
 /// A running relay.
 #[derive(Debug)]
 pub struct RelayDaemon {
-    home: Home,
-    state: State,
-    stop: CancellationToken,
-    node: tokio::task::JoinHandle<()>,
-    control: tokio::task::JoinHandle<()>,
+    runtime: Runtime,
 }
 
 impl RelayDaemon {
@@ -45,10 +49,15 @@ impl RelayDaemon {
             return Err(StartError::NoMembers(members_path));
         }
         let members = load_keys(&members_path)?;
+        let count = members.entries().count();
         let access = Arc::new(Access::new(AccessLists::members(&members)));
         let control = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
-        let mut node = RelayNode::build(keypair, access, &config.relay.limits)?;
+        let keepalive = Keepalive {
+            interval: config.limits.keepalive_interval.0,
+            timeout: config.limits.keepalive_timeout.0,
+        };
+        let mut node = RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive)?;
         let listen: Vec<Multiaddr> = config.relay.listen.iter().map(|a| a.0.clone()).collect();
         let external: Vec<Multiaddr> =
             config.relay.external_addresses.iter().map(|a| a.0.clone()).collect();
@@ -56,25 +65,54 @@ impl RelayDaemon {
 
         let mut state = State::new("relay", peer, None, control.path());
         state.libp2p = node.listen_addresses().iter().map(ToString::to_string).collect();
-        write_state(&home, &state);
         let stop = CancellationToken::new();
-        let (status_tx, status_rx) = mpsc::channel(8);
-        let node = tokio::spawn(node.run(stop.clone(), status_rx));
-        let control = tokio::spawn(control.run(status_tx, stop.clone()));
-        info!(%peer, members = members.entries().count(), "ready");
-        Ok(RelayDaemon { home, state, stop, node, control })
+        let (handle, commands) = Handle::new();
+        let node_task = tokio::spawn(node.run(stop.clone(), commands));
+        let reloader = MembersReload { path: members_path, access, node: handle.clone() };
+        let parts = Parts { home, state, control, node: handle, node_task, stop, addrs: None };
+        let runtime = Runtime::start(parts, reloader);
+        info!(%peer, members = count, "ready");
+        Ok(RelayDaemon { runtime })
     }
 
     pub fn state(&self) -> &State {
-        &self.state
+        self.runtime.state()
     }
 
     pub async fn shutdown(self) {
         info!("shutting down");
-        self.stop.cancel();
-        join(self.node).await;
-        join(self.control).await;
-        let _ = std::fs::remove_file(self.home.state());
+        self.runtime.stop().await;
         info!("stopped");
+    }
+}
+
+/// The relay reloads its member list.
+#[derive(Debug)]
+struct MembersReload {
+    path: PathBuf,
+    access: Arc<Access>,
+    node: Handle,
+}
+
+impl Reload for MembersReload {
+    fn watched(&self) -> Vec<PathBuf> {
+        vec![self.path.clone()]
+    }
+
+    async fn reload(&self) -> Result<String, String> {
+        let members = load_keys(&self.path).map_err(|e| e.to_string())?;
+        let count = members.entries().count();
+        self.access.replace(AccessLists::members(&members));
+        self.enforce().await;
+        Ok(format!("{count} members"))
+    }
+
+    async fn enforce(&self) {
+        let _ = self.node.access_changed().await;
+    }
+
+    fn next_expiry(&self) -> Option<SystemTime> {
+        let now = time::OffsetDateTime::now_utc();
+        self.access.lists().next_expiry(now).map(SystemTime::from)
     }
 }

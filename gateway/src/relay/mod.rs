@@ -12,7 +12,7 @@ pub mod traffic;
 use std::collections::HashMap;
 use std::num::NonZeroU32;
 use std::sync::Arc;
-use std::time::{Duration, SystemTime};
+use std::time::SystemTime;
 
 use futures::StreamExt;
 use libp2p::core::Transport;
@@ -22,13 +22,14 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, noise, ping, quic, relay, tcp};
 use serde::Serialize;
-use tokio::sync::{mpsc, oneshot};
+use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
 use crate::config::RelayLimits;
-use crate::node::{NodeError, gate, start_listeners};
+use crate::node::swarm::{self, Keepalive, start_listeners};
+use crate::node::{Command, NodeError, OpenError, gate};
 use traffic::{CircuitStatus, Traffic};
 
 /// The relay's behaviours; the gate decides first.
@@ -65,6 +66,7 @@ pub struct ReservationHeld {
 /// A built relay node, listening.
 pub struct RelayNode {
     swarm: Swarm<RelayBehaviour>,
+    access: Arc<Access>,
     traffic: Arc<Traffic>,
     reservations: HashMap<PeerId, SystemTime>,
     /// No external addresses configured: advertise routable listen addresses as they come.
@@ -120,6 +122,7 @@ impl RelayNode {
         keypair: Keypair,
         access: Arc<Access>,
         limits: &RelayLimits,
+        keepalive: Keepalive,
     ) -> Result<RelayNode, NodeError> {
         let traffic = Arc::new(Traffic::default());
         let counted = traffic.clone();
@@ -132,11 +135,11 @@ impl RelayNode {
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                         .upgrade(Version::V1Lazy)
                         .authenticate(noise::Config::new(key)?)
-                        .multiplex(crate::node::yamux_config())
+                        .multiplex(swarm::yamux_config())
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
                         });
-                    let quic = quic::tokio::Transport::new(crate::node::quic_config(
+                    let quic = quic::tokio::Transport::new(swarm::quic_config(
                         quic::Config::new(key),
                     ))
                     .map(move |(peer, conn), _| {
@@ -147,19 +150,25 @@ impl RelayNode {
             )
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_behaviour(|key| RelayBehaviour {
-                gate: gate::Gate::new(access),
+                gate: gate::Gate::new(access.clone()),
                 relay: relay::Behaviour::new(peer, relay_config(limits)),
-                identify: crate::node::identify_behaviour(key, "peerup-relay"),
-                ping: ping::Behaviour::new(crate::node::ping_config()),
+                identify: swarm::identify_behaviour(key, "peerup-relay"),
+                ping: swarm::ping_behaviour(keepalive),
                 autonat: autonat::Behaviour::new(
                     peer,
                     autonat::Config { only_global_ips: false, ..Default::default() },
                 ),
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
-            .with_swarm_config(|c| c.with_idle_connection_timeout(Duration::from_secs(300)))
+            .with_swarm_config(|c| c.with_idle_connection_timeout(swarm::IDLE_CONNECTION_TIMEOUT))
             .build();
-        Ok(RelayNode { swarm, traffic, reservations: HashMap::new(), auto_external: false })
+        Ok(RelayNode {
+            swarm,
+            access,
+            traffic,
+            reservations: HashMap::new(),
+            auto_external: false,
+        })
     }
 
     /// Bind the listeners and advertise external addresses: the configured ones, or else every
@@ -189,19 +198,36 @@ impl RelayNode {
         self.swarm.listeners().cloned().collect()
     }
 
-    /// Serve until `stop`; answer status requests on `status`.
-    pub async fn run(
-        mut self,
-        stop: CancellationToken,
-        mut status: mpsc::Receiver<oneshot::Sender<serde_json::Value>>,
-    ) {
+    /// Serve until `stop`, answering `commands`.
+    pub async fn run(mut self, stop: CancellationToken, mut commands: mpsc::Receiver<Command>) {
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
-                Some(reply) = status.recv() => {
-                    let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
-                }
+                Some(command) = commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_event(event),
+            }
+        }
+    }
+
+    fn on_command(&mut self, command: Command) {
+        match command {
+            Command::Status(reply) => {
+                let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
+            }
+            // A member removed from the list loses its connections, and with them its
+            // reservation and every circuit through us.
+            Command::AccessChanged => {
+                let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
+                for peer in peers.into_iter().filter(|p| !self.access.may_connect(p)) {
+                    info!(%peer, "no longer a member: closing its connections");
+                    let _ = self.swarm.disconnect_peer_id(peer);
+                }
+            }
+            Command::Disconnect(peer) => {
+                let _ = self.swarm.disconnect_peer_id(peer);
+            }
+            Command::Open { reply, .. } => {
+                let _ = reply.send(Err(OpenError::Unsupported));
             }
         }
     }

@@ -1,4 +1,4 @@
-//! The tunnel behaviour: our own stream plumbing for `/peerup/tunnel/1.0.0`.
+//! The tunnel behaviour: our own stream plumbing for `/peerup/tunnel/2.0.0`.
 //!
 //! Why not libp2p-stream: it hands inbound streams over a zero-capacity channel and drops them
 //! when the accept loop lags, and it opens each outbound stream on a random connection to the
@@ -6,15 +6,20 @@
 //! it is answered "busy" rather than dropped; every outbound stream goes on the connection we
 //! pick (a direct one over a relayed one, the newest first).
 //!
-//! A [`Control`] asks the behaviour for a stream to a peer. Without a connection the behaviour
-//! dials the addresses given, and queues the request until the connection is up. A connection
-//! that closes before any tunnel stream succeeded on it fails its pending requests with
-//! [`OpenError::ClosedAtHandshake`]: that is how the peer's handshake gate looks from here.
+//! The node's task hands it open requests ([`Behaviour::open`]). Without a connection the
+//! behaviour dials the addresses given, and queues the request until the connection is up. A
+//! connection that closes before any tunnel stream succeeded on it fails its pending requests
+//! with [`OpenError::ClosedAtHandshake`]: that is how the peer's handshake gate looks from here.
+//! A connection found dead ([`Behaviour::retire`]) gets no new streams; the next open dials
+//! again. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
+//! most [`MAX_REFUSALS`] at once, aborted when the behaviour is dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
+
+use tokio::task::JoinSet;
 
 use libp2p::PeerId;
 use libp2p::core::transport::PortUse;
@@ -28,6 +33,7 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
+use super::command::Opened;
 use crate::protocol::{self, Request, Response, Status};
 
 mod handler;
@@ -36,8 +42,8 @@ pub use handler::{Handler, HandlerIn, HandlerOut};
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(protocol::PROTOCOL);
 
-/// Open requests queued between the connector and the swarm task.
-const REQUEST_QUEUE: usize = 1024;
+/// Refusals being answered at once; past this, a stream is dropped (the opener sees a reset).
+pub const MAX_REFUSALS: usize = 256;
 
 /// An inbound tunnel stream, for the service host.
 #[derive(Debug)]
@@ -69,37 +75,23 @@ pub enum OpenError {
     Shutdown,
 }
 
-#[derive(Debug)]
-struct OpenRequest {
-    peer: PeerId,
-    addrs: Vec<Multiaddr>,
-    reply: oneshot::Sender<Result<Stream, OpenError>>,
-}
+/// Peers with at least one connection, shared between the behaviour and the connector (to
+/// tell "no path" from "no answer" when a deadline passes).
+#[derive(Debug, Clone, Default)]
+pub struct Connected(Arc<RwLock<HashSet<PeerId>>>);
 
-/// A handle to open tunnel streams; cheap to clone.
-#[derive(Debug, Clone)]
-pub struct Control {
-    requests: mpsc::Sender<OpenRequest>,
-    connected: Connected,
-}
-
-/// Peers with at least one connection, shared between the behaviour and its controls.
-type Connected = Arc<RwLock<HashSet<PeerId>>>;
-
-impl Control {
-    /// Open a stream to `peer`, dialing `addrs` if no connection exists.
-    pub async fn open(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<Stream, OpenError> {
-        let (reply, answer) = oneshot::channel();
-        self.requests
-            .send(OpenRequest { peer, addrs, reply })
-            .await
-            .map_err(|_| OpenError::Shutdown)?;
-        answer.await.map_err(|_| OpenError::Shutdown)?
+impl Connected {
+    pub fn contains(&self, peer: &PeerId) -> bool {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(peer)
     }
 
-    /// Whether a connection to `peer` exists (to tell "no path" from "no answer").
-    pub fn is_connected(&self, peer: &PeerId) -> bool {
-        self.connected.read().unwrap_or_else(|e| e.into_inner()).contains(peer)
+    fn set(&self, peer: PeerId, connected: bool) {
+        let mut peers = self.0.write().unwrap_or_else(|e| e.into_inner());
+        if connected {
+            peers.insert(peer);
+        } else {
+            peers.remove(&peer);
+        }
     }
 }
 
@@ -112,6 +104,8 @@ struct Conn {
     since: Instant,
     /// A tunnel stream succeeded on it, either way.
     proven: bool,
+    /// Found dead (keep-alive failed) and being closed: no new streams.
+    retired: bool,
 }
 
 impl Conn {
@@ -126,12 +120,11 @@ impl Conn {
 /// How soon after set-up a close counts as the remote's gate refusing us.
 const GATE_CLOSE_WINDOW: Duration = Duration::from_secs(2);
 
-type Reply = oneshot::Sender<Result<Stream, OpenError>>;
+type Reply = oneshot::Sender<Result<Opened, OpenError>>;
 
 /// The behaviour; see the module docs.
 #[derive(Debug)]
 pub struct Behaviour {
-    requests: mpsc::Receiver<OpenRequest>,
     inbound: mpsc::Sender<Inbound>,
     connections: HashMap<PeerId, Vec<Conn>>,
     /// Requests waiting for a connection to their peer.
@@ -145,6 +138,7 @@ pub struct Behaviour {
     /// Addresses learned for peers (LAN discovery), added to our dials.
     known: HashMap<PeerId, Vec<Multiaddr>>,
     connected: Connected,
+    refusals: JoinSet<()>,
 }
 
 /// Addresses remembered per peer, and peers remembered (anyone on the LAN can announce one).
@@ -152,12 +146,9 @@ const KNOWN_ADDRS_PER_PEER: usize = 8;
 const KNOWN_PEERS: usize = 1024;
 
 impl Behaviour {
-    /// A behaviour delivering inbound streams on `inbound`, and the control to open streams.
-    pub fn new(inbound: mpsc::Sender<Inbound>) -> (Behaviour, Control) {
-        let (tx, rx) = mpsc::channel(REQUEST_QUEUE);
-        let connected = Connected::default();
-        let behaviour = Behaviour {
-            requests: rx,
+    /// A behaviour delivering inbound streams on `inbound`.
+    pub fn new(inbound: mpsc::Sender<Inbound>) -> Behaviour {
+        Behaviour {
             inbound,
             connections: HashMap::new(),
             waiting: HashMap::new(),
@@ -166,20 +157,34 @@ impl Behaviour {
             next_id: 0,
             events: VecDeque::new(),
             known: HashMap::new(),
-            connected: connected.clone(),
-        };
-        (behaviour, Control { requests: tx, connected })
+            connected: Connected::default(),
+            refusals: JoinSet::new(),
+        }
     }
 
-    /// The connection new streams to `peer` go on: direct before relayed, newest first.
+    /// Who is connected, shared.
+    pub fn connected(&self) -> Connected {
+        self.connected.clone()
+    }
+
+    /// The connection new streams to `peer` go on: direct before relayed, newest first, never
+    /// one found dead.
     fn pick(&self, peer: &PeerId) -> Option<ConnectionId> {
         let conns = self.connections.get(peer)?;
-        let direct = conns.iter().rev().find(|c| !c.relayed);
-        direct.or(conns.last()).map(|c| c.id)
+        let mut alive = conns.iter().filter(|c| !c.retired);
+        let direct = alive.clone().rev().find(|c| !c.relayed);
+        direct.or(alive.next_back()).map(|c| c.id)
     }
 
-    fn handle_request(&mut self, request: OpenRequest) {
-        let OpenRequest { peer, mut addrs, reply } = request;
+    /// Stop opening streams on `connection`: it was found dead and is being closed.
+    pub fn retire(&mut self, peer: &PeerId, connection: ConnectionId) {
+        if let Some(conn) = self.conn_mut(peer, connection) {
+            conn.retired = true;
+        }
+    }
+
+    /// Open a tunnel stream to `peer`, dialling `addrs` if no usable connection exists.
+    pub fn open(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>, reply: Reply) {
         for addr in self.known.get(&peer).into_iter().flatten() {
             if !addrs.contains(addr) {
                 addrs.push(addr.clone());
@@ -189,6 +194,10 @@ impl Behaviour {
             return self.send_to_handler(peer, connection, reply);
         }
         let dialing = self.dials.values().any(|p| *p == peer);
+        if self.waiting.get(&peer).is_some_and(|w| w.len() >= MAX_WAITING_PER_PEER) {
+            let _ = reply.send(Err(OpenError::Dial("too many opens waiting for this peer".into())));
+            return;
+        }
         if !dialing {
             if addrs.is_empty() {
                 let _ = reply.send(Err(OpenError::NoAddress));
@@ -220,18 +229,24 @@ impl Behaviour {
     fn deliver_inbound(&mut self, peer: PeerId, connection: ConnectionId, stream: Stream) {
         let relayed = self.conn_mut(&peer, connection).is_some_and(|c| c.relayed);
         let inbound = Inbound { peer, connection, relayed, stream };
-        match self.inbound.try_send(inbound) {
-            Ok(()) => {}
+        let (stream, reason) = match self.inbound.try_send(inbound) {
+            Ok(()) => return,
             Err(mpsc::error::TrySendError::Full(inbound)) => {
                 warn!(%peer, "inbound tunnel queue full: answering busy");
-                tokio::spawn(refuse(inbound.stream, Status::Busy, "node is at its stream limit"));
+                (inbound.stream, "node is at its stream limit")
             }
             Err(mpsc::error::TrySendError::Closed(inbound)) => {
-                tokio::spawn(refuse(inbound.stream, Status::Busy, "node is shutting down"));
+                (inbound.stream, "node is shutting down")
             }
+        };
+        if self.refusals.len() < MAX_REFUSALS {
+            self.refusals.spawn(refuse(stream, Status::Busy, reason));
         }
     }
 }
+
+/// Opens waiting for a connection to one peer.
+const MAX_WAITING_PER_PEER: usize = 1024;
 
 /// Answer a stream we will not serve, so the opener gets a reason instead of a reset. The
 /// request is read first: answering and closing before the opener finished writing it would
@@ -281,9 +296,10 @@ impl NetworkBehaviour for Behaviour {
                     dialer: e.endpoint.is_dialer(),
                     since: Instant::now(),
                     proven: false,
+                    retired: false,
                 };
                 self.connections.entry(e.peer_id).or_default().push(conn);
-                self.connected.write().unwrap_or_else(|e| e.into_inner()).insert(e.peer_id);
+                self.connected.set(e.peer_id, true);
                 if let Some(waiting) = self.waiting.remove(&e.peer_id) {
                     let connection = self.pick(&e.peer_id).unwrap_or(e.connection_id);
                     for reply in waiting {
@@ -299,10 +315,7 @@ impl NetworkBehaviour for Behaviour {
                     }
                     if conns.is_empty() {
                         self.connections.remove(&e.peer_id);
-                        self.connected
-                            .write()
-                            .unwrap_or_else(|e| e.into_inner())
-                            .remove(&e.peer_id);
+                        self.connected.set(e.peer_id, false);
                     }
                 }
                 let error =
@@ -359,11 +372,13 @@ impl NetworkBehaviour for Behaviour {
                 self.deliver_inbound(peer, connection, stream);
             }
             HandlerOut::Opened(id, stream) => {
+                let mut relayed = false;
                 if let Some(conn) = self.conn_mut(&peer, connection) {
                     conn.proven = true;
+                    relayed = conn.relayed;
                 }
                 if let Some((_, reply)) = self.in_flight.remove(&id) {
-                    let _ = reply.send(Ok(stream));
+                    let _ = reply.send(Ok(Opened { stream, connection, relayed }));
                 }
             }
             HandlerOut::Failed(id, error) => {
@@ -375,14 +390,11 @@ impl NetworkBehaviour for Behaviour {
     }
 
     fn poll(&mut self, cx: &mut Context<'_>) -> Poll<ToSwarm<(), THandlerInEvent<Self>>> {
-        loop {
-            if let Some(event) = self.events.pop_front() {
-                return Poll::Ready(event);
-            }
-            match self.requests.poll_recv(cx) {
-                Poll::Ready(Some(request)) => self.handle_request(request),
-                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
-            }
+        // Reap finished refusals (their outcome is of no interest).
+        while let Poll::Ready(Some(_)) = self.refusals.poll_join_next(cx) {}
+        match self.events.pop_front() {
+            Some(event) => Poll::Ready(event),
+            None => Poll::Pending,
         }
     }
 }

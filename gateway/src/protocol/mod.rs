@@ -1,22 +1,27 @@
-//! `/peerup/tunnel/1.0.0`: the header exchanged at the start of each tunnel stream.
+//! `/peerup/tunnel/2.0.0`: what a tunnel stream carries.
 //!
 //! One stream carries one TCP connection. The opener sends a [`Request`] naming the service
 //! (by port or by name); the serving peer answers with a [`Response`] (a status and a reason),
-//! and only after [`Status::Ok`] do raw bytes flow both ways. docs/protocol.md has the byte
-//! layout and test vectors; the tests below check the same vectors.
+//! and only after [`Status::Ok`] do the connection's bytes flow both ways, in [`frame`]s: data,
+//! then an end frame for a clean end of each direction, or a reset frame. A stream that ends
+//! without an end frame was cut (yamux and QUIC report a dead connection or a reset stream as a
+//! plain EOF), so only the frames can tell a complete transfer from a truncated one.
+//! docs/protocol.md has the byte layout and test vectors; the tests check the same vectors.
 //!
-//! Decoding is pure (no I/O) and never reads past the header, so bytes that follow it in the
-//! same read stay with the stream.
+//! Header decoding never reads past the header, so bytes that follow it in the same read stay
+//! with the stream.
+
+pub mod frame;
 
 use std::fmt;
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
 /// The stream protocol name.
-pub const PROTOCOL: &str = "/peerup/tunnel/1.0.0";
+pub const PROTOCOL: &str = "/peerup/tunnel/2.0.0";
 
 /// Header version; the first byte of every request and response.
-pub const VERSION: u8 = 1;
+pub const VERSION: u8 = 2;
 
 const KIND_PORT: u8 = 0x01;
 const KIND_NAME: u8 = 0x02;
@@ -211,17 +216,17 @@ mod tests {
     // The vectors of docs/protocol.md.
     #[test]
     fn request_vectors() {
-        assert_eq!(Request::Port(22).encode(), [0x01, 0x01, 0x00, 0x16]);
-        assert_eq!(Request::Port(8080).encode(), [0x01, 0x01, 0x1f, 0x90]);
-        assert_eq!(Request::Name("ssh".into()).encode(), [0x01, 0x02, 0x03, b's', b's', b'h']);
+        assert_eq!(Request::Port(22).encode(), [0x02, 0x01, 0x00, 0x16]);
+        assert_eq!(Request::Port(8080).encode(), [0x02, 0x01, 0x1f, 0x90]);
+        assert_eq!(Request::Name("ssh".into()).encode(), [0x02, 0x02, 0x03, b's', b's', b'h']);
     }
 
     #[test]
     fn response_vectors() {
-        assert_eq!(Response::new(Status::Ok, "").encode(), [0x01, 0x00, 0x00]);
+        assert_eq!(Response::new(Status::Ok, "").encode(), [0x02, 0x00, 0x00]);
         assert_eq!(
             Response::new(Status::NotAuthorized, "no").encode(),
-            [0x01, 0x01, 0x02, b'n', b'o']
+            [0x02, 0x01, 0x02, b'n', b'o']
         );
         let long = Response::new(Status::Busy, "é".repeat(200)).encode();
         assert_eq!(long.len(), 3 + 254, "truncated on a char boundary");
@@ -229,10 +234,10 @@ mod tests {
 
     #[tokio::test]
     async fn decoding_stops_at_the_end_of_the_header() {
-        let mut bytes: &[u8] = &[0x01, 0x01, 0x00, 0x50, b'G', b'E', b'T'];
+        let mut bytes: &[u8] = &[0x02, 0x01, 0x00, 0x50, b'G', b'E', b'T'];
         assert_eq!(Request::read(&mut bytes).await.unwrap(), Request::Port(80));
         assert_eq!(bytes, b"GET", "payload after the header is left unread");
-        let mut bytes: &[u8] = &[0x01, 0x03, 0x01, b'x', 0xff];
+        let mut bytes: &[u8] = &[0x02, 0x03, 0x01, b'x', 0xff];
         let response = Response::read(&mut bytes).await.unwrap();
         assert_eq!((response.status, response.reason.as_str()), (Status::Refused, "x"));
         assert_eq!(bytes, [0xff]);
@@ -242,20 +247,20 @@ mod tests {
     async fn malformed_headers_are_errors_not_panics() {
         let cases: &[&[u8]] = &[
             &[],
-            &[0x01],
-            &[0x02, 0x01, 0x00, 0x16],
-            &[0x01, 0x09],
-            &[0x01, 0x01, 0x00],
-            &[0x01, 0x02, 0x00],
-            &[0x01, 0x02, 0x40],
-            &[0x01, 0x02, 0x03, b'a'],
-            &[0x01, 0x02, 0x01, 0xff],
+            &[0x02],
+            &[0x01, 0x01, 0x00, 0x16],
+            &[0x02, 0x09],
+            &[0x02, 0x01, 0x00],
+            &[0x02, 0x02, 0x00],
+            &[0x02, 0x02, 0x40],
+            &[0x02, 0x02, 0x03, b'a'],
+            &[0x02, 0x02, 0x01, 0xff],
         ];
         for case in cases {
             let mut bytes = *case;
             assert!(Request::read(&mut bytes).await.is_err(), "{case:?}");
         }
-        let mut bytes: &[u8] = &[0x01, 0x00, 0x05, b'a'];
+        let mut bytes: &[u8] = &[0x02, 0x00, 0x05, b'a'];
         assert!(matches!(Response::read(&mut bytes).await, Err(HeaderError::Truncated)));
     }
 

@@ -1,0 +1,75 @@
+//! The one way into the swarm's task: a bounded channel of [`Command`]s, sent through a
+//! [`Handle`]. The swarm is owned by one task (gateway or relay); everything else — the SOCKS
+//! connector, the control socket, access reloads — asks it through this channel.
+
+use libp2p::swarm::ConnectionId;
+use libp2p::{Multiaddr, PeerId, Stream};
+use tokio::sync::{mpsc, oneshot};
+
+use super::tunnel::OpenError;
+
+/// Commands queued for the swarm's task before senders wait.
+pub const COMMAND_QUEUE: usize = 1024;
+
+/// A stream the node opened, and where.
+#[derive(Debug)]
+pub struct Opened {
+    pub stream: Stream,
+    pub connection: ConnectionId,
+    pub relayed: bool,
+}
+
+/// What the swarm's task is asked to do.
+#[derive(Debug)]
+pub enum Command {
+    /// Open a tunnel stream to `peer`, dialling `addrs` if no connection exists.
+    Open { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<Opened, OpenError>> },
+    /// The access lists changed: close the connections of peers no list allows any more.
+    AccessChanged,
+    /// Close every connection to `peer`, resetting its tunnels first.
+    Disconnect(PeerId),
+    /// A status snapshot as JSON.
+    Status(oneshot::Sender<serde_json::Value>),
+}
+
+/// A handle to the swarm's task; cheap to clone.
+#[derive(Debug, Clone)]
+pub struct Handle {
+    commands: mpsc::Sender<Command>,
+}
+
+/// The node's task is gone (it stopped, or is stopping).
+#[derive(Debug, Clone, Copy, thiserror::Error)]
+#[error("the node is shutting down")]
+pub struct Stopped;
+
+impl Handle {
+    /// A handle and the receiving end for the swarm's task.
+    pub fn new() -> (Handle, mpsc::Receiver<Command>) {
+        let (commands, receiver) = mpsc::channel(COMMAND_QUEUE);
+        (Handle { commands }, receiver)
+    }
+
+    pub async fn send(&self, command: Command) -> Result<(), Stopped> {
+        self.commands.send(command).await.map_err(|_| Stopped)
+    }
+
+    /// Open a stream to `peer`, dialling `addrs` if no connection exists.
+    pub async fn open(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> Result<Opened, OpenError> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Open { peer, addrs, reply }).await.map_err(|_| OpenError::Shutdown)?;
+        answer.await.map_err(|_| OpenError::Shutdown)?
+    }
+
+    /// A status snapshot.
+    pub async fn status(&self) -> Result<serde_json::Value, Stopped> {
+        let (reply, answer) = oneshot::channel();
+        self.send(Command::Status(reply)).await?;
+        answer.await.map_err(|_| Stopped)
+    }
+
+    /// Tell the node that the access lists changed.
+    pub async fn access_changed(&self) -> Result<(), Stopped> {
+        self.send(Command::AccessChanged).await
+    }
+}

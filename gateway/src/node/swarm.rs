@@ -1,0 +1,139 @@
+//! What every swarm of ours is built from, gateway and relay alike: the transports' settings,
+//! keep-alive, identify, listening, and the one-address-per-relay rule.
+
+use std::collections::HashSet;
+use std::time::Duration;
+
+use futures::StreamExt;
+use libp2p::identity::Keypair;
+use libp2p::multiaddr::Protocol;
+use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, yamux};
+use tracing::{info, warn};
+
+use super::NodeError;
+use crate::config::RelayAddr;
+
+/// Streams one connection may carry at once. yamux needs a 256 KiB window per stream inside
+/// its 1 GiB connection window, which caps this at 4096.
+const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+/// Connections with no stream close after this long.
+pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
+/// Time for every listener to report its first address.
+const LISTEN_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// How a dead path is noticed: a ping every `interval`, failed after `timeout` without an
+/// answer. A failed ping resets the connection's tunnels and closes it, so a path that died
+/// silently (a frozen peer, a dropped NAT mapping) is noticed within `interval + timeout`.
+#[derive(Debug, Clone, Copy)]
+pub struct Keepalive {
+    pub interval: Duration,
+    pub timeout: Duration,
+}
+
+impl Default for Keepalive {
+    fn default() -> Self {
+        Keepalive { interval: Duration::from_secs(5), timeout: Duration::from_secs(10) }
+    }
+}
+
+/// The yamux configuration every connection uses.
+pub(crate) fn yamux_config() -> yamux::Config {
+    let mut config = yamux::Config::default();
+    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
+    config
+}
+
+/// QUIC notices a dead path (a relay that was killed, a network that changed) within
+/// `max_idle_timeout`; quinn's default of 10 s is most of a connect timeout.
+pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
+    config.max_idle_timeout = 5_000;
+    config.keep_alive_interval = Duration::from_secs(1);
+    config
+}
+
+pub(crate) fn ping_behaviour(keepalive: Keepalive) -> ping::Behaviour {
+    ping::Behaviour::new(
+        ping::Config::new().with_interval(keepalive.interval).with_timeout(keepalive.timeout),
+    )
+}
+
+/// Identify, as every node of ours runs it. No address cache: identify would offer a peer's
+/// every listen address to our dials, and we dial only the addresses we chose.
+pub(crate) fn identify_behaviour(key: &Keypair, agent: &str) -> identify::Behaviour {
+    identify::Behaviour::new(
+        identify::Config::new("/peerup/1.0.0".into(), key.public())
+            .with_agent_version(format!("{agent}/{}", env!("CARGO_PKG_VERSION")))
+            .with_cache_size(0),
+    )
+}
+
+/// One address per relay: the first listed. Reservations, circuits and AutoNAT all reach a
+/// relay there, because hole punching needs both peers to learn public addresses of the same
+/// transport (TCP with TCP, QUIC with QUIC) from their connections to the relay. A relay's
+/// other addresses are alternatives for its reservation only (see `reservations`).
+pub fn one_per_relay<'a>(
+    relays: impl IntoIterator<Item = &'a RelayAddr>,
+) -> impl Iterator<Item = &'a RelayAddr> {
+    let mut seen: HashSet<PeerId> = HashSet::new();
+    relays.into_iter().filter(move |relay| seen.insert(relay.peer))
+}
+
+/// `quic` or `tcp`, from the first transport protocol in an address.
+pub fn transport_of(addr: &Multiaddr) -> &'static str {
+    for protocol in addr.iter() {
+        match protocol {
+            Protocol::QuicV1 | Protocol::Quic => return "quic",
+            Protocol::Tcp(_) => return "tcp",
+            _ => {}
+        }
+    }
+    "other"
+}
+
+/// Start every listener and wait until each reported an address. An address that cannot be
+/// bound is skipped with a warning; none at all is an error.
+pub(crate) async fn start_listeners<B: NetworkBehaviour>(
+    swarm: &mut Swarm<B>,
+    addrs: &[Multiaddr],
+) -> Result<(), NodeError> {
+    let mut pending = HashSet::new();
+    let mut errors = Vec::new();
+    for addr in addrs {
+        match swarm.listen_on(addr.clone()) {
+            Ok(id) => {
+                pending.insert(id);
+            }
+            Err(e) => {
+                warn!(%addr, error = %e, "cannot listen");
+                errors.push(format!("{addr}: {e}"));
+            }
+        }
+    }
+    if pending.is_empty() {
+        return Err(NodeError::Listen(errors.join("; ")));
+    }
+    let deadline = tokio::time::sleep(LISTEN_TIMEOUT);
+    tokio::pin!(deadline);
+    while !pending.is_empty() {
+        let event = tokio::select! {
+            event = swarm.select_next_some() => event,
+            () = &mut deadline => return Err(NodeError::Listen("listeners did not start in time".into())),
+        };
+        match event {
+            SwarmEvent::NewListenAddr { listener_id, address } => {
+                info!(%address, "listening");
+                pending.remove(&listener_id);
+            }
+            SwarmEvent::ListenerClosed { listener_id, addresses, reason } => {
+                warn!(?addresses, ?reason, "listener closed");
+                pending.remove(&listener_id);
+            }
+            _ => {}
+        }
+    }
+    if swarm.listeners().next().is_none() {
+        return Err(NodeError::Listen(errors.join("; ")));
+    }
+    Ok(())
+}
