@@ -51,7 +51,11 @@ fn fingerprints(paths: &[PathBuf]) -> Vec<Fingerprint> {
 }
 
 /// Run until `stop`: reload on change, SIGHUP or request; enforce at each expiry.
-pub async fn run<R: Reload>(reloader: R, mut requests: mpsc::Receiver<Request>, stop: CancellationToken) {
+pub async fn run<R: Reload>(
+    reloader: R,
+    mut requests: mpsc::Receiver<Request>,
+    stop: CancellationToken,
+) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).ok();
     let mut watched = reloader.watched();

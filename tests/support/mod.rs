@@ -1,8 +1,9 @@
 //! Test harness: real `peerup` processes in temporary homes, real sockets, no fixed ports.
 //!
 //! A [`Daemon`] is `peerup run` started on a home whose config listens on port 0 everywhere;
-//! it is ready when its log says so, and its bound addresses come from its state.json. The
-//! local services the tests tunnel to are small tokio servers bound to port 0.
+//! it is ready once its state.json names its pid (written after every listener is bound), and
+//! its bound addresses come from there. The local services the tests tunnel to are small tokio
+//! servers bound to port 0.
 
 #![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
 
@@ -135,6 +136,7 @@ impl Log {
 #[derive(serde::Deserialize, Debug, Clone)]
 pub struct State {
     pub role: String,
+    pub pid: u32,
     pub peer_id: String,
     pub peer_label: String,
     pub socks: Option<SocketAddr>,
@@ -170,13 +172,25 @@ impl Daemon {
             .expect("spawn peerup run");
         let log = Log::default();
         log.clone().capture(child.stderr.take().unwrap());
-        if log.wait_for(|l| l.contains(" ready "), READY_TIMEOUT).is_none() {
+        let Some(state) = wait_ready(home, &mut child) else {
             let _ = child.kill();
             panic!("daemon did not become ready:\n{}", log.text());
-        }
-        let text = std::fs::read_to_string(home.join("state.json")).expect("state.json when ready");
-        let state = serde_json::from_str(&text).expect("state.json parses");
+        };
         Daemon { child, log, state }
+    }
+
+    /// `peerup status --json` of this daemon.
+    pub fn status(&self, home: &Path) -> serde_json::Value {
+        let out = peerup(home, &["status", "--json"]);
+        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).expect("status is JSON")
+    }
+
+    /// Send a signal (`KILL`, `STOP`, `CONT`, `HUP`...).
+    pub fn signal(&self, name: &str) {
+        let pid = self.child.id().to_string();
+        let sent = Command::new("kill").args([&format!("-{name}"), &pid]).status();
+        assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {pid}");
     }
 
     /// The SOCKS listener of a gateway.
@@ -211,9 +225,44 @@ impl Daemon {
 
 impl Drop for Daemon {
     fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly in every kernel.
+        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Wait until `home`'s state.json belongs to `child` (the daemon is ready), or it exited.
+fn wait_ready(home: &Path, child: &mut Child) -> Option<State> {
+    let deadline = Instant::now() + READY_TIMEOUT;
+    while Instant::now() < deadline {
+        if child.try_wait().ok().flatten().is_some() {
+            return None;
+        }
+        if let Ok(text) = std::fs::read_to_string(home.join("state.json"))
+            && let Ok(state) = serde_json::from_str::<State>(&text)
+            && state.pid == child.id()
+        {
+            return Some(state);
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
+}
+
+/// Poll `check` until it gives a value or `timeout` passes; the value and how long it took.
+pub fn poll_until<T>(
+    timeout: Duration,
+    mut check: impl FnMut() -> Option<T>,
+) -> Option<(T, Duration)> {
+    let started = Instant::now();
+    while started.elapsed() < timeout {
+        if let Some(value) = check() {
+            return Some((value, started.elapsed()));
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    None
 }
 
 /// A serving node A with `services` (YAML under `services:`) and a client node B that knows A as
@@ -236,5 +285,15 @@ impl Pair {
         home_b.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
         let b = Daemon::start(&home_b);
         Pair { home_a, home_b, a, b }
+    }
+}
+
+/// Print a measured figure and keep it in target/tmp/measured.txt (`make test` shows it).
+pub fn report(line: String) {
+    use std::io::Write;
+    eprintln!("{line}");
+    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("measured.txt");
+    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
+        let _ = writeln!(file, "{line}");
     }
 }

@@ -137,3 +137,88 @@ pub fn closed_port() -> u16 {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     listener.local_addr().unwrap().port()
 }
+
+/// How a service saw a connection end.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum End {
+    /// A clean EOF (FIN) after this many bytes.
+    Clean(u64),
+    /// A reset or error after this many bytes.
+    Reset(u64),
+}
+
+/// Each connection's end, as the service saw it, in order.
+pub type Ends = tokio::sync::mpsc::UnboundedReceiver<End>;
+
+/// Reads everything it is sent and reports how each connection ended.
+pub async fn sink() -> (SocketAddr, Ends) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve(move |mut socket| {
+        let tx = tx.clone();
+        async move {
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut total = 0u64;
+            let end = loop {
+                match socket.read(&mut buf).await {
+                    Ok(0) => break End::Clean(total),
+                    Ok(n) => total += n as u64,
+                    Err(_) => break End::Reset(total),
+                }
+            };
+            let _ = tx.send(end);
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// After reading anything, writes noise until a write fails (or `limit` bytes were sent, then
+/// closes cleanly), and reports how each connection ended: `Reset` once a write failed.
+pub async fn firehose(limit: u64) -> (SocketAddr, Ends) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let addr = serve(move |mut socket| {
+        let tx = tx.clone();
+        async move {
+            let mut first = [0u8; 1];
+            if socket.read(&mut first).await.unwrap_or(0) == 0 {
+                return;
+            }
+            let mut noise = Noise::new(3);
+            let mut buf = vec![0u8; 64 * 1024];
+            let mut sent = 0u64;
+            let end = loop {
+                if sent >= limit {
+                    let _ = socket.shutdown().await;
+                    break End::Clean(sent);
+                }
+                noise.fill(&mut buf);
+                match socket.write_all(&buf).await {
+                    Ok(()) => sent += buf.len() as u64,
+                    Err(_) => break End::Reset(sent),
+                }
+            };
+            let _ = tx.send(end);
+        }
+    })
+    .await;
+    (addr, rx)
+}
+
+/// A listener whose backlog is full: a connect to it hangs (the SYN is dropped), as a service
+/// too busy to accept. The returned sockets hold the backlog; keep them alive.
+pub fn unaccepting() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) {
+    use socket2::{Domain, Socket, Type};
+    let listener = Socket::new(Domain::IPV4, Type::STREAM, None).unwrap();
+    listener.bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into()).unwrap();
+    listener.listen(0).unwrap();
+    let addr = listener.local_addr().unwrap().as_socket().unwrap();
+    let mut held = Vec::new();
+    // Fill the accept queue; once full, further connects time out instead of completing.
+    for _ in 0..4 {
+        match std::net::TcpStream::connect_timeout(&addr, std::time::Duration::from_millis(300)) {
+            Ok(socket) => held.push(socket),
+            Err(_) => break,
+        }
+    }
+    (addr, held, listener)
+}

@@ -3,8 +3,8 @@
 //! Made for ssh's ProxyCommand. The daemon's SOCKS address comes from `<home>/state.json`; the
 //! SOCKS reply becomes the exit code, and one stderr line says what went wrong (ssh shows it).
 
-use peerup_proxy::{Plain, bridge};
 use peerup_proxy::client::connect_via;
+use peerup_proxy::{Plain, bridge};
 use peerup_resolver::{Name, ResolveError};
 
 use super::{Failure, exit_code, not_running};

@@ -9,11 +9,13 @@
 //! - [`status`]: what `peerup status` shows.
 //!
 //! Transports: TCP with TLS or Noise (TLS preferred), then yamux; QUIC; circuits through
-//! relays. Identify and ping run on every connection; a failed ping resets the connection's
-//! tunnels and closes it.
+//! relays. Identify and ping run on every connection; a connection whose pings go unanswered
+//! for `keepalive_interval + keepalive_timeout` ([`liveness`]) has its tunnels reset and is
+//! closed.
 
 pub mod command;
 pub mod gate;
+pub mod liveness;
 pub mod reservations;
 pub mod status;
 pub mod swarm;
@@ -85,6 +87,7 @@ pub struct Node {
     addrs: watch::Sender<Vec<Multiaddr>>,
     reservations: Reservations,
     connections: HashMap<ConnectionId, ConnInfo>,
+    liveness: liveness::Liveness,
     access: Arc<Access>,
     tunnels: Arc<Tunnels>,
 }
@@ -155,6 +158,7 @@ impl Node {
             addrs,
             reservations: Reservations::new(options.relays),
             connections: HashMap::new(),
+            liveness: liveness::Liveness::new(options.keepalive),
             access,
             tunnels,
         })
@@ -202,9 +206,21 @@ impl Node {
                     None => std::future::pending().await,
                 }
             };
+            let silent = self.liveness.next_deadline();
+            let silence = async {
+                match silent {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => return self.close_all().await,
                 () = retry_sleep => {}
+                () = silence => {
+                    for (peer, connection) in self.liveness.dead(tokio::time::Instant::now()) {
+                        self.path_lost(peer, connection, "no ping answered in time");
+                    }
+                }
                 Some(command) = commands.recv() => self.on_command(command),
                 event = self.swarm.select_next_some() => self.on_event(event),
             }
@@ -294,10 +310,12 @@ impl Node {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), relayed = endpoint.is_relayed(), "connected");
                 let info = ConnInfo { peer: peer_id, endpoint, since: SystemTime::now() };
                 self.connections.insert(connection_id, info);
+                self.liveness.alive(peer_id, connection_id, tokio::time::Instant::now());
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.connections.remove(&connection_id);
+                self.liveness.closed(connection_id);
                 // yamux does not wake every stream of a connection that closed while closing.
                 self.tunnels.reset_connection(peer_id, connection_id, Reason::PathLost);
             }
@@ -322,8 +340,11 @@ impl Node {
                 }
             },
             BehaviourEvent::RelayClient(event) => debug!(?event, "relay client"),
+            BehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(_) }) => {
+                self.liveness.alive(peer, connection, tokio::time::Instant::now());
+            }
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Err(error) }) => {
-                self.path_lost(peer, connection, &error);
+                self.path_lost(peer, connection, &error.to_string());
             }
             BehaviourEvent::Autonat(autonat::Event::StatusChanged { new, .. }) => {
                 info!(status = ?new, "NAT status");
@@ -340,8 +361,9 @@ impl Node {
 
     /// A connection's keep-alive failed: its tunnels are reset now (a graceful close would
     /// wait on the dead path), no new stream goes on it, and the next open dials afresh.
-    fn path_lost(&mut self, peer: PeerId, connection: ConnectionId, error: &ping::Failure) {
-        info!(%peer, %error, "keep-alive failed: resetting the connection's tunnels and closing it");
+    fn path_lost(&mut self, peer: PeerId, connection: ConnectionId, error: &str) {
+        info!(%peer, error, "keep-alive failed: resetting the connection's tunnels and closing it");
+        self.liveness.closed(connection);
         self.swarm.behaviour_mut().tunnel.retire(&peer, connection);
         self.tunnels.reset_connection(peer, connection, Reason::PathLost);
         self.swarm.close_connection(connection);

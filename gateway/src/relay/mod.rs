@@ -139,12 +139,11 @@ impl RelayNode {
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
                         });
-                    let quic = quic::tokio::Transport::new(swarm::quic_config(
-                        quic::Config::new(key),
-                    ))
-                    .map(move |(peer, conn), _| {
-                        (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
-                    });
+                    let quic =
+                        quic::tokio::Transport::new(swarm::quic_config(quic::Config::new(key)))
+                            .map(move |(peer, conn), _| {
+                                (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
+                            });
                     Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()))
                 },
             )
@@ -162,13 +161,7 @@ impl RelayNode {
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(swarm::IDLE_CONNECTION_TIMEOUT))
             .build();
-        Ok(RelayNode {
-            swarm,
-            access,
-            traffic,
-            reservations: HashMap::new(),
-            auto_external: false,
-        })
+        Ok(RelayNode { swarm, access, traffic, reservations: HashMap::new(), auto_external: false })
     }
 
     /// Bind the listeners and advertise external addresses: the configured ones, or else every

@@ -286,8 +286,7 @@ mod tests {
 
     #[tokio::test]
     async fn an_eof_without_an_end_frame_is_a_reset_not_a_clean_end() {
-        for wire in [&[][..], &[0, 0, 0, 5, b'h', b'i'][..], &[0, 0][..], &[0, 0, 0, 2, 1, 2][..]]
-        {
+        for wire in [&[][..], &[0, 0, 0, 5, b'h', b'i'][..], &[0, 0][..], &[0, 0, 0, 2, 1, 2][..]] {
             let (b, mut raw) = duplex(1 << 16);
             let mut b = framed(b);
             raw.write_all(wire).await.unwrap();

@@ -18,8 +18,8 @@ use std::time::Instant;
 
 use libp2p::PeerId;
 use libp2p::swarm::ConnectionId;
-use tokio_util::sync::CancellationToken;
 use peerup_proxy::{Aborted, Carried};
+use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 pub use framed::Framed;
@@ -75,9 +75,7 @@ impl Switch {
 
     /// Why the switch was flipped, if it was.
     pub fn reason(&self) -> Option<Reason> {
-        self.token
-            .is_cancelled()
-            .then(|| Reason::from_code(self.reason.load(Ordering::Relaxed)))
+        self.token.is_cancelled().then(|| Reason::from_code(self.reason.load(Ordering::Relaxed)))
     }
 }
 
