@@ -11,7 +11,7 @@ use super::Failure;
 use crate::auth::access::load_keys;
 use crate::auth::{AuthorizedKeys, Entry, Expiry};
 use crate::config::{Config, DEFAULT_CONFIG, ServiceName, suffix};
-use crate::daemon::{Loaded, load, local_tiers};
+use crate::daemon::{Loaded, State, load, local_tiers};
 use crate::files::{self, Home};
 use crate::identity;
 
@@ -126,7 +126,7 @@ fn keys_file(
             let file = format!("{name}_authorized_keys");
             let note = format!(
                 "note: service {name} names no list of its own, so the global list decides; to use \
-                 {file}, add `authorized_keys: {file}` under services.{name} in config.yaml and restart"
+                 {file}, add `authorized_keys: {file}` under services.{name} in config.yaml"
             );
             Ok((home.join(Path::new(&file)), Some(note)))
         }
@@ -164,6 +164,7 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
             if let Some(note) = note {
                 eprintln!("{note}");
             }
+            tell_daemon(home);
         }
         AuthCommand::Remove { peer, service, relay } => {
             let peer = peer_arg(&peer)?;
@@ -174,6 +175,7 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
             }
             write(&path, &keys)?;
             let _ = writeln!(out, "removed {peer} from {}", path.display());
+            tell_daemon(home);
         }
         AuthCommand::List { service, relay } => {
             let (path, _) = keys_file(home, service.as_deref(), relay)?;
@@ -192,6 +194,26 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
         }
     }
     Ok(())
+}
+
+/// Ask the daemon running in `home` (if any) to reload now, so an edit takes effect at once
+/// (it would also notice the file within a second), and say what it answered.
+fn tell_daemon(home: &Home) {
+    let Some(state) = State::read(home) else { return };
+    let asked = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map(|rt| rt.block_on(crate::control::request(&state.control, "reload")));
+    match asked {
+        Ok(Ok(answer)) if answer.get("reloaded").is_some() => {
+            eprintln!("the running daemon applied it");
+        }
+        Ok(Ok(answer)) => {
+            let error = answer.get("error").and_then(|e| e.as_str()).unwrap_or("no answer");
+            eprintln!("the running daemon did not apply it: {error}");
+        }
+        _ => {}
+    }
 }
 
 pub(super) fn config_check(home: &Home) -> Result<(), Failure> {

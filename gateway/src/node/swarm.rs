@@ -44,10 +44,12 @@ pub(crate) fn yamux_config() -> yamux::Config {
     config
 }
 
-/// QUIC notices a dead path (a relay that was killed, a network that changed) within
-/// `max_idle_timeout`; quinn's default of 10 s is most of a connect timeout.
+/// QUIC notices a dead path (a relay that was killed, a network that changed) only through
+/// `max_idle_timeout`: a restarted peer cannot reset our connection, because quinn drops
+/// packets whose connection ID an earlier endpoint issued without answering them. quinn's
+/// default of 10 s is most of a connect timeout; 3 s is three missed 1 s keep-alives.
 pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
-    config.max_idle_timeout = 5_000;
+    config.max_idle_timeout = 3_000;
     config.keep_alive_interval = Duration::from_secs(1);
     config
 }

@@ -1,0 +1,144 @@
+//! A relay on loopback: members get their reservation back within seconds after the relay is
+//! killed and restarted, whether they reach it over TCP or QUIC; a member removed from the
+//! relay's list loses its connection at once.
+
+mod support;
+
+use std::time::{Duration, Instant};
+
+use support::{Daemon, Home, peerup, poll_until, report};
+
+const BOUND: Duration = Duration::from_secs(30);
+
+/// A port free for both TCP and UDP on 127.0.0.1 (bound, then released), so a restarted relay
+/// comes back where its members look for it.
+fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
+struct Relay {
+    home: Home,
+    port: u16,
+}
+
+impl Relay {
+    /// A relay home whose members are `members`.
+    fn new(members: &[&str]) -> Relay {
+        let home = Home::init();
+        let port = free_port();
+        std::fs::write(
+            home.file("config.yaml"),
+            format!(
+                "relay:\n  listen: [/ip4/127.0.0.1/tcp/{port}, /ip4/127.0.0.1/udp/{port}/quic-v1]\n  external_addresses: [/ip4/127.0.0.1/tcp/{port}, /ip4/127.0.0.1/udp/{port}/quic-v1]\n"
+            ),
+        )
+        .unwrap();
+        let list: String = members.iter().map(|m| format!("{m}\n")).collect();
+        home.write_private("relay_authorized_keys", &list);
+        Relay { home, port }
+    }
+
+    fn start(&self) -> Daemon {
+        Daemon::spawn(std::process::Command::new(support::BIN), self.home.path(), "relay")
+    }
+
+    fn addr(&self, transport: &str) -> String {
+        let port = self.port;
+        let peer = &self.home.peer_id;
+        match transport {
+            "tcp" => format!("/ip4/127.0.0.1/tcp/{port}/p2p/{peer}"),
+            _ => format!("/ip4/127.0.0.1/udp/{port}/quic-v1/p2p/{peer}"),
+        }
+    }
+}
+
+/// The member's reservation state, as `peerup status` reports it.
+fn reservation(member: &Home) -> String {
+    let out = peerup(member.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    status["reservations"][0]["state"].as_str().unwrap_or("none").to_owned()
+}
+
+/// Whether the relay running in `relay` holds a reservation for `member`.
+fn holds_reservation(relay: &Home, member: &Home) -> bool {
+    let out = peerup(relay.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    status["reservations"]
+        .as_array()
+        .is_some_and(|r| r.iter().any(|r| r["peer"] == member.peer_id.as_str()))
+}
+
+/// Kill the relay and restart it at once (as a supervisor would): the member must hold a
+/// reservation on the new relay process within seconds. Then kill it for good: the member must
+/// notice.
+fn restart_and_measure(transport: &str) {
+    let member = Home::init();
+    let relay = Relay::new(&[&member.peer_id]);
+    let mut relay_daemon = relay.start();
+    member.write_config(&format!("networks:\n  lab: {{ relays: [{}] }}\n", relay.addr(transport)));
+    let m = Daemon::start(&member);
+    let (_, first) = poll_until(BOUND, || holds_reservation(&relay.home, &member).then_some(()))
+        .unwrap_or_else(|| panic!("{transport}: first reservation\n{}", m.log.text()));
+
+    relay_daemon.signal("KILL");
+    let _ = relay_daemon.child.wait();
+    let killed = Instant::now();
+    relay_daemon = relay.start();
+    let relay_up = killed.elapsed();
+    let (_, back) = poll_until(BOUND, || holds_reservation(&relay.home, &member).then_some(()))
+        .unwrap_or_else(|| {
+            panic!("{transport}: reservation back\n{}\n{}", m.log.text(), relay_daemon.log.text())
+        });
+
+    relay_daemon.signal("KILL");
+    let _ = relay_daemon.child.wait();
+    let (_, noticed) = poll_until(BOUND, || (reservation(&member) != "reserved").then_some(()))
+        .unwrap_or_else(|| {
+            panic!("{transport}: the member noticed the relay died\n{}", m.log.text())
+        });
+    report(format!(
+        "relay over {transport}: first reservation {:.2} s; kill -9 + restart: relay ready {:.2} s, reservation back on it {:.2} s after the kill; kill -9 alone: noticed after {:.2} s",
+        first.as_secs_f64(),
+        relay_up.as_secs_f64(),
+        (relay_up + back).as_secs_f64(),
+        noticed.as_secs_f64()
+    ));
+}
+
+#[test]
+fn a_member_reaching_the_relay_over_tcp_has_its_reservation_back_after_a_restart() {
+    restart_and_measure("tcp");
+}
+
+#[test]
+fn a_member_reaching_the_relay_over_quic_has_its_reservation_back_after_a_restart() {
+    restart_and_measure("quic");
+}
+
+#[test]
+fn a_member_removed_from_the_relays_list_loses_its_reservation_at_once() {
+    let member = Home::init();
+    let relay = Relay::new(&[&member.peer_id]);
+    let relay_daemon = relay.start();
+    member.write_config(&format!("networks:\n  lab: {{ relays: [{}] }}\n", relay.addr("tcp")));
+    let m = Daemon::start(&member);
+    poll_until(BOUND, || (reservation(&member) == "reserved").then_some(()))
+        .unwrap_or_else(|| panic!("first reservation\n{}", m.log.text()));
+    let out = peerup(relay.home.path(), &["auth", "remove", &member.peer_id, "--relay"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (_, took) = poll_until(BOUND, || (reservation(&member) != "reserved").then_some(()))
+        .unwrap_or_else(|| panic!("the reservation ended\n{}", relay_daemon.log.text()));
+    let status = peerup(relay.home.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    assert_eq!(status["members_connected"], 0, "{status}");
+    report(format!(
+        "relay: a removed member lost its reservation {:.0} ms after auth remove",
+        took.as_secs_f64() * 1000.0
+    ));
+}
