@@ -23,10 +23,11 @@ lint:
 	$(CARGO) clippy --workspace --all-targets --locked -- -D warnings
 
 unit:
-	@rm -f target/tmp/netlab-timings.txt
+	@rm -f target/tmp/netlab-timings.txt target/tmp/measured.txt
 	$(CARGO) test --workspace --locked
-	@# The NAT lab records what it measured (cargo hides the output of passing tests).
-	@if [ -f target/tmp/netlab-timings.txt ]; then cat target/tmp/netlab-timings.txt; fi
+	@# The tests record what they measured (cargo hides the output of passing tests).
+	@for f in target/tmp/measured.txt target/tmp/netlab-timings.txt; do \
+	  if [ -f $$f ]; then echo "--- measured ($$f)"; cat $$f; fi; done
 
 # The NAT lab (tests/netlab.rs) builds network namespaces and needs root. Say so when it cannot
 # run; under CI a skipped lab fails the run (the tests themselves fail too).

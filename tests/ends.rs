@@ -2,6 +2,8 @@
 //! a clean EOF), a dead path is noticed and its tunnels reset, and nothing stays open behind a
 //! tunnel that ended. Real `peerup run` processes, killed and frozen with real signals.
 
+#![allow(clippy::unwrap_used)] // test set-up: a failed step should stop the test
+
 mod support;
 
 use std::io::ErrorKind;

@@ -2,6 +2,8 @@
 //! killed and restarted, whether they reach it over TCP or QUIC; a member removed from the
 //! relay's list loses its connection at once.
 
+#![allow(clippy::unwrap_used)] // test set-up: a failed step should stop the test
+
 mod support;
 
 use std::time::{Duration, Instant};

@@ -2,6 +2,8 @@
 //! `peerup auth`) while the daemon runs; a revoked or expired peer's tunnels are reset at once;
 //! an invalid edit keeps the last good state.
 
+#![allow(clippy::unwrap_used)] // test set-up: a failed step should stop the test
+
 mod support;
 
 use std::io::ErrorKind;

@@ -65,7 +65,7 @@ pub enum OpenError {
     ClosedAtHandshake,
     #[error("the connection closed")]
     ConnectionLost,
-    #[error("the peer does not speak {PROTOCOL}")]
+    #[error("the peer does not speak {PROTOCOL} (an older peerup speaks 1.0.0: upgrade it)")]
     Unsupported,
     #[error("the peer did not accept the stream in time")]
     Timeout,
