@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use libp2p::Stream;
+use peerup_proxy::dial::{self, DialError};
 use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
 use peerup_resolver::{Label, Name, Tiers};
 use tokio::net::TcpStream;
@@ -168,27 +169,21 @@ impl Gateway {
                 "direct connections are off (socks.direct)",
             ));
         }
-        let connect = async {
-            match target {
-                Target::Addr(addr) => TcpStream::connect(addr).await,
-                Target::Name { host, port } => TcpStream::connect((host.as_str(), *port)).await,
-            }
+        let (host, port) = match target {
+            Target::Addr(addr) => (addr.ip().to_string(), addr.port()),
+            Target::Name { host, port } => (host.clone(), *port),
         };
-        match tokio::time::timeout(self.connect_timeout, connect).await {
-            Ok(Ok(socket)) => {
-                let _ = socket.set_nodelay(true);
-                Ok(socket)
+        match dial::connect(&host, port, self.connect_timeout).await {
+            Ok(socket) => Ok(socket),
+            Err(DialError::Refused) => {
+                Err(ConnectError::new(FailureKind::Refused, format!("{target}: refused")))
             }
-            Ok(Err(e)) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-                Err(ConnectError::new(FailureKind::Refused, format!("{target}: {e}")))
+            Err(e @ DialError::TimedOut(_)) => {
+                Err(ConnectError::new(FailureKind::TimedOut, format!("{target}: {e}")))
             }
-            Ok(Err(e)) => {
+            Err(DialError::Other(e)) => {
                 Err(ConnectError::new(FailureKind::Unreachable, format!("{target}: {e}")))
             }
-            Err(_) => Err(ConnectError::new(
-                FailureKind::TimedOut,
-                format!("{target}: no answer in time"),
-            )),
         }
     }
 }

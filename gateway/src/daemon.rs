@@ -155,28 +155,14 @@ impl Daemon {
         let table = ServiceTable::from_config(&config);
         let host = ServiceHost::new(table, access.clone(), tunnels.clone(), limits);
         let names = Arc::new(ReloadableNames::new(names));
-        let gateway = Arc::new(Gateway {
-            tiers: Tiers::new(vec![names.clone() as Arc<dyn Resolve>]),
-            node: handle.clone(),
-            connected: node.connected(),
-            tunnels: tunnels.clone(),
-            access: access.clone(),
-            suffix: crate::config::suffix(),
-            direct: config.socks.direct,
-            connect_timeout: config.limits.connect_timeout.0,
-            relays: config
-                .networks
-                .iter()
-                .map(|(name, network)| (name.0.clone(), network.relays.clone()))
-                .collect::<HashMap<_, _>>(),
-        });
+        let shared = Shared { access, tunnels, names, host: host.clone(), node: handle.clone() };
+        let gateway = Arc::new(gateway(&config, &shared, node.connected()));
 
         let stop = CancellationToken::new();
         let addrs = node.addresses();
         let mut state = State::new("gateway", peer, Some(socks_addr), control.path());
         state.libp2p = addrs.borrow().iter().map(ToString::to_string).collect();
         let node_task = tokio::spawn(node.run(stop.clone(), commands));
-        let shared = Shared { access, tunnels, names, host: host.clone(), node: handle.clone() };
         let reloader =
             GatewayReload { home: home.clone(), shared, watched: Mutex::new(Vec::new()) };
         reloader.remember_files(&config);
@@ -220,6 +206,25 @@ impl Daemon {
         }
         self.runtime.stop().await;
         info!("stopped");
+    }
+}
+
+/// The SOCKS front end's connector: local names, tunnels through the node, direct connections.
+fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) -> Gateway {
+    Gateway {
+        tiers: Tiers::new(vec![shared.names.clone() as Arc<dyn Resolve>]),
+        node: shared.node.clone(),
+        connected,
+        tunnels: shared.tunnels.clone(),
+        access: shared.access.clone(),
+        suffix: crate::config::suffix(),
+        direct: config.socks.direct,
+        connect_timeout: config.limits.connect_timeout.0,
+        relays: config
+            .networks
+            .iter()
+            .map(|(name, network)| (name.0.clone(), network.relays.clone()))
+            .collect::<HashMap<_, _>>(),
     }
 }
 

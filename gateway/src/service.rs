@@ -14,6 +14,7 @@ use std::time::{Duration, Instant};
 
 use libp2p::PeerId;
 use peerup_proxy::bridge;
+use peerup_proxy::dial::{self, DialError};
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
 use tokio_util::compat::FuturesAsyncReadCompatExt;
@@ -249,20 +250,16 @@ impl ServiceHost {
     }
 
     async fn connect_local(&self, local: &HostPort) -> Result<TcpStream, Response> {
-        let connect = TcpStream::connect((local.host.as_str(), local.port));
-        match tokio::time::timeout(self.limits.service_timeout, connect).await {
-            Ok(Ok(socket)) => {
-                let _ = socket.set_nodelay(true);
-                Ok(socket)
-            }
-            Ok(Err(error)) if error.kind() == std::io::ErrorKind::ConnectionRefused => {
+        match dial::connect(&local.host, local.port, self.limits.service_timeout).await {
+            Ok(socket) => Ok(socket),
+            Err(DialError::Refused) => {
                 Err(Response::new(Status::Refused, "the service refused the connection"))
             }
-            Ok(Err(error)) => {
-                Err(Response::new(Status::Refused, format!("the service is unavailable: {error}")))
-            }
-            Err(_) => {
+            Err(DialError::TimedOut(_)) => {
                 Err(Response::new(Status::ServiceTimeout, "the service did not answer in time"))
+            }
+            Err(DialError::Other(error)) => {
+                Err(Response::new(Status::Refused, format!("the service is unavailable: {error}")))
             }
         }
     }

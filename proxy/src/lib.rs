@@ -10,6 +10,7 @@
 //! - [`target`]: what a client asked to reach.
 //! - [`socks`]: the bound SOCKS5 server, its accept loop and per-connection handshake.
 //! - [`client`]: a SOCKS5 client for the CLI's `connect`.
+//! - [`dial`]: a TCP connection with a deadline (direct targets, services' local addresses).
 //! - [`bridge`]: copying bytes both ways with large buffers, half-close passed through, and
 //!   abnormal ends passed on as resets.
 //!
@@ -22,6 +23,7 @@
 
 pub mod bridge;
 pub mod client;
+pub mod dial;
 pub mod failure;
 pub mod socks;
 pub mod target;

@@ -2,6 +2,8 @@
 //! one command channel ([`Handle`]).
 //!
 //! - [`swarm`]: what gateway and relay swarms share (transport settings, keep-alive, listening).
+//! - [`muxer`]: our yamux adapter, whose close cannot stall on a frozen path.
+//! - [`liveness`]: the dead-path clock.
 //! - [`command`]: the command channel into the swarm's task.
 //! - [`gate`]: who may connect (closed at the handshake otherwise) and whom we dial.
 //! - [`tunnel`]: our stream behaviour for `/peerup/tunnel/2.0.0`.
@@ -16,6 +18,7 @@
 pub mod command;
 pub mod gate;
 pub mod liveness;
+pub mod muxer;
 pub mod reservations;
 pub mod status;
 pub mod swarm;
@@ -81,6 +84,18 @@ pub struct NodeOptions {
     pub keepalive: Keepalive,
 }
 
+/// AutoNAT asking our relays (one address each, as for reservations and circuits).
+fn autonat_with_relays(peer: PeerId, relays: &[RelayAddr]) -> autonat::Behaviour {
+    let mut autonat = autonat::Behaviour::new(
+        peer,
+        autonat::Config { only_global_ips: false, ..Default::default() },
+    );
+    for relay in swarm::one_per_relay(relays) {
+        autonat.add_server(relay.peer, Some(relay.full()));
+    }
+    autonat
+}
+
 /// A built node, not yet running.
 pub struct Node {
     swarm: Swarm<Behaviour>,
@@ -110,6 +125,7 @@ impl Node {
     ) -> Result<Node, NodeError> {
         let build_error = |e: &dyn std::fmt::Display| NodeError::Build(e.to_string());
         let peer = keypair.public().to_peer_id();
+        let gate = gate::Gate::new(access.clone());
         let mdns = match options.mdns {
             true => Some(
                 mdns::tokio::Behaviour::new(mdns::Config::default(), peer)
@@ -117,14 +133,7 @@ impl Node {
             ),
             false => None,
         };
-        let mut autonat = autonat::Behaviour::new(
-            peer,
-            autonat::Config { only_global_ips: false, ..Default::default() },
-        );
-        for relay in swarm::one_per_relay(&options.relays) {
-            autonat.add_server(relay.peer, Some(relay.full()));
-        }
-        let gate = gate::Gate::new(access.clone());
+        let autonat = autonat_with_relays(peer, &options.relays);
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(

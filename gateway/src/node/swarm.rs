@@ -37,11 +37,12 @@ impl Default for Keepalive {
     }
 }
 
-/// The yamux configuration every connection uses.
-pub(crate) fn yamux_config() -> yamux::Config {
+/// The yamux upgrade every connection uses: our stream limit, and a close that cannot stall
+/// (see [`super::muxer`]).
+pub(crate) fn yamux_config() -> super::muxer::Yamux {
     let mut config = yamux::Config::default();
     config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
-    config
+    super::muxer::Yamux::new(config)
 }
 
 /// QUIC notices a dead path (a relay that was killed, a network that changed) only through

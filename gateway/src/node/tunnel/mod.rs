@@ -245,6 +245,81 @@ impl Behaviour {
     }
 }
 
+impl Behaviour {
+    /// A new connection: remember it, and hand it the opens that waited for it.
+    fn on_established(&mut self, e: libp2p::swarm::behaviour::ConnectionEstablished<'_>) {
+        self.dials.remove(&e.connection_id);
+        let conn = Conn {
+            id: e.connection_id,
+            relayed: e.endpoint.is_relayed(),
+            dialer: e.endpoint.is_dialer(),
+            since: Instant::now(),
+            proven: false,
+            retired: false,
+        };
+        self.connections.entry(e.peer_id).or_default().push(conn);
+        self.connected.set(e.peer_id, true);
+        if let Some(waiting) = self.waiting.remove(&e.peer_id) {
+            let connection = self.pick(&e.peer_id).unwrap_or(e.connection_id);
+            for reply in waiting {
+                self.send_to_handler(e.peer_id, connection, reply);
+            }
+        }
+    }
+
+    /// A connection closed: fail the opens in flight on it, as the remote's gate refusing us
+    /// when that is what it looks like.
+    fn on_closed(&mut self, peer: PeerId, connection: ConnectionId) {
+        let mut gate = false;
+        if let Some(conns) = self.connections.get_mut(&peer) {
+            if let Some(pos) = conns.iter().position(|c| c.id == connection) {
+                gate = conns.remove(pos).closed_at_handshake();
+            }
+            if conns.is_empty() {
+                self.connections.remove(&peer);
+                self.connected.set(peer, false);
+            }
+        }
+        let error = if gate { OpenError::ClosedAtHandshake } else { OpenError::ConnectionLost };
+        let failed: Vec<u64> = self
+            .in_flight
+            .iter()
+            .filter(|(_, (c, _))| *c == connection)
+            .map(|(id, _)| *id)
+            .collect();
+        for id in failed {
+            if let Some((_, reply)) = self.in_flight.remove(&id) {
+                let _ = reply.send(Err(error.clone()));
+            }
+        }
+    }
+
+    /// An address learned for a peer (LAN discovery), bounded per peer and in peers.
+    fn learn_address(&mut self, peer: PeerId, addr: &Multiaddr) {
+        if self.known.len() >= KNOWN_PEERS && !self.known.contains_key(&peer) {
+            return;
+        }
+        let known = self.known.entry(peer).or_default();
+        if !known.contains(addr) {
+            if known.len() == KNOWN_ADDRS_PER_PEER {
+                known.remove(0);
+            }
+            known.push(addr.clone());
+        }
+    }
+
+    fn on_dial_failure(&mut self, dial: ConnectionId, error: &libp2p::swarm::DialError) {
+        let Some(peer) = self.dials.remove(&dial) else { return };
+        if self.connections.contains_key(&peer) {
+            return;
+        }
+        debug!(%peer, %error, "dial failed");
+        for reply in self.waiting.remove(&peer).unwrap_or_default() {
+            let _ = reply.send(Err(OpenError::Dial(error.to_string())));
+        }
+    }
+}
+
 /// Opens waiting for a connection to one peer.
 const MAX_WAITING_PER_PEER: usize = 1024;
 
@@ -287,73 +362,10 @@ impl NetworkBehaviour for Behaviour {
 
     fn on_swarm_event(&mut self, event: FromSwarm<'_>) {
         match event {
-            FromSwarm::ConnectionEstablished(e) => {
-                self.dials.remove(&e.connection_id);
-                let relayed = e.endpoint.is_relayed();
-                let conn = Conn {
-                    id: e.connection_id,
-                    relayed,
-                    dialer: e.endpoint.is_dialer(),
-                    since: Instant::now(),
-                    proven: false,
-                    retired: false,
-                };
-                self.connections.entry(e.peer_id).or_default().push(conn);
-                self.connected.set(e.peer_id, true);
-                if let Some(waiting) = self.waiting.remove(&e.peer_id) {
-                    let connection = self.pick(&e.peer_id).unwrap_or(e.connection_id);
-                    for reply in waiting {
-                        self.send_to_handler(e.peer_id, connection, reply);
-                    }
-                }
-            }
-            FromSwarm::ConnectionClosed(e) => {
-                let mut gate = false;
-                if let Some(conns) = self.connections.get_mut(&e.peer_id) {
-                    if let Some(pos) = conns.iter().position(|c| c.id == e.connection_id) {
-                        gate = conns.remove(pos).closed_at_handshake();
-                    }
-                    if conns.is_empty() {
-                        self.connections.remove(&e.peer_id);
-                        self.connected.set(e.peer_id, false);
-                    }
-                }
-                let error =
-                    if gate { OpenError::ClosedAtHandshake } else { OpenError::ConnectionLost };
-                let failed: Vec<u64> = self
-                    .in_flight
-                    .iter()
-                    .filter(|(_, (c, _))| *c == e.connection_id)
-                    .map(|(id, _)| *id)
-                    .collect();
-                for id in failed {
-                    if let Some((_, reply)) = self.in_flight.remove(&id) {
-                        let _ = reply.send(Err(error.clone()));
-                    }
-                }
-            }
-            FromSwarm::NewExternalAddrOfPeer(e) => {
-                if self.known.len() >= KNOWN_PEERS && !self.known.contains_key(&e.peer_id) {
-                    return;
-                }
-                let known = self.known.entry(e.peer_id).or_default();
-                if !known.contains(e.addr) {
-                    if known.len() == KNOWN_ADDRS_PER_PEER {
-                        known.remove(0);
-                    }
-                    known.push(e.addr.clone());
-                }
-            }
-            FromSwarm::DialFailure(e) => {
-                let Some(peer) = self.dials.remove(&e.connection_id) else { return };
-                if self.connections.contains_key(&peer) {
-                    return;
-                }
-                debug!(%peer, error = %e.error, "dial failed");
-                for reply in self.waiting.remove(&peer).unwrap_or_default() {
-                    let _ = reply.send(Err(OpenError::Dial(e.error.to_string())));
-                }
-            }
+            FromSwarm::ConnectionEstablished(e) => self.on_established(e),
+            FromSwarm::ConnectionClosed(e) => self.on_closed(e.peer_id, e.connection_id),
+            FromSwarm::NewExternalAddrOfPeer(e) => self.learn_address(e.peer_id, e.addr),
+            FromSwarm::DialFailure(e) => self.on_dial_failure(e.connection_id, e.error),
             _ => {}
         }
     }

@@ -1,0 +1,111 @@
+//! Cross-field checks of a parsed config, each naming the key path it found wrong.
+
+use std::collections::BTreeMap;
+use std::path::Path;
+
+use super::{Config, ConfigError, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, ServiceName};
+
+impl Config {
+    /// Every check, in the order a reader of the file meets the keys.
+    pub(super) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
+        self.check_listen(path)?;
+        self.check_socks(path)?;
+        self.check_service_ports(path)?;
+        self.check_limits(path)?;
+        self.check_relay(path)
+    }
+
+    fn check_listen(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.listen.is_empty() {
+            return Err(ConfigError::invalid(path, "listen", "needs at least one address"));
+        }
+        Ok(())
+    }
+
+    fn check_socks(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.socks.direct && !self.socks.listen.ip().is_loopback() {
+            return Err(ConfigError::invalid(
+                path,
+                "socks.listen",
+                format!(
+                    "{} is not loopback and socks.direct is true: that would be an open proxy; \
+                     bind 127.0.0.1 or set socks.direct: false",
+                    self.socks.listen
+                ),
+            ));
+        }
+        Ok(())
+    }
+
+    fn check_service_ports(&self, path: &Path) -> Result<(), ConfigError> {
+        let mut ports: BTreeMap<u16, &ServiceName> = BTreeMap::new();
+        for (name, service) in &self.services {
+            if let Some(other) = ports.insert(service.port(), name) {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("services.{name}.port"),
+                    format!("port {} is already the port of service {other}", service.port()),
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_limits(&self, path: &Path) -> Result<(), ConfigError> {
+        let limits = &self.limits;
+        if limits.streams_per_peer == 0 || limits.streams_per_peer > limits.streams_total {
+            return Err(ConfigError::invalid(
+                path,
+                "limits.streams_per_peer",
+                "must be at least 1 and at most limits.streams_total",
+            ));
+        }
+        if limits.streams_total > MAX_STREAMS_TOTAL {
+            return Err(ConfigError::invalid(
+                path,
+                "limits.streams_total",
+                format!("at most {MAX_STREAMS_TOTAL}"),
+            ));
+        }
+        for (key, value) in [
+            ("socks.handshake_timeout", self.socks.handshake_timeout),
+            ("limits.connect_timeout", limits.connect_timeout),
+            ("limits.service_timeout", limits.service_timeout),
+            ("limits.keepalive_interval", limits.keepalive_interval),
+            ("limits.keepalive_timeout", limits.keepalive_timeout),
+        ] {
+            if value.0.is_zero() {
+                return Err(ConfigError::invalid(path, key, "must be more than 0"));
+            }
+        }
+        Ok(())
+    }
+
+    fn check_relay(&self, path: &Path) -> Result<(), ConfigError> {
+        let relay = &self.relay.limits;
+        for (key, value) in [
+            ("relay.limits.circuit_duration", relay.circuit_duration),
+            ("relay.limits.reservation_duration", relay.reservation_duration),
+        ] {
+            if value.0.is_zero() || value.0 > MAX_CIRCUIT_DURATION {
+                return Err(ConfigError::invalid(
+                    path,
+                    key,
+                    format!("must be more than 0 and at most {} seconds (u32::MAX)", u32::MAX),
+                ));
+            }
+        }
+        for (key, value) in [
+            ("relay.limits.reservations_per_minute", relay.reservations_per_minute),
+            ("relay.limits.circuits_per_minute", relay.circuits_per_minute),
+        ] {
+            if value == 0 {
+                return Err(ConfigError::invalid(path, key, "must be at least 1"));
+            }
+        }
+        if self.relay.listen.is_empty() {
+            return Err(ConfigError::invalid(path, "relay.listen", "needs at least one address"));
+        }
+        Ok(())
+    }
+}
