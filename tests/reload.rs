@@ -148,3 +148,28 @@ async fn names_and_services_follow_their_files() {
         took.as_secs_f64() * 1000.0
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sighup_applies_an_edit_at_once() {
+    let (hose, _ends) = services::firehose(u64::MAX).await;
+    let pair = Pair::start(&format!("  hose: {{ local_address: {hose} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let mut socket = downloading(pair.b.socks(), hose.port()).await;
+    // Another peer takes B's place in the same file, same size, modification time put back:
+    // an edit the file watcher cannot see, so only SIGHUP applies it.
+    let keys = pair.home_a.file("authorized_keys");
+    let before = std::fs::metadata(&keys).unwrap().modified().unwrap();
+    let other = Home::init();
+    let text =
+        std::fs::read_to_string(&keys).unwrap().replace(&pair.home_b.peer_id, &other.peer_id);
+    let mut file = std::fs::OpenOptions::new().write(true).open(&keys).unwrap();
+    std::io::Write::write_all(&mut file, text.as_bytes()).unwrap();
+    file.set_modified(before).unwrap();
+    drop(file);
+    pair.a.signal("HUP");
+    let error = until_reset(&mut socket).await;
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+    let said = pair.a.log.wait_for(|l| l.contains("reloaded") && l.contains("SIGHUP"), BOUND);
+    assert!(said.is_some(), "A says SIGHUP reloaded:\n{}", pair.a.log.text());
+}

@@ -38,10 +38,14 @@ fn gateway_text(status: &NodeStatus) -> String {
             ));
         }
     }
-    out.push_str(&format!("peers: {}\n", status.peers.len()));
+    out.push_str(&format!("peers: {}  tunnels: {}\n", status.peers.len(), status.tunnels));
     for peer in &status.peers {
         let role = if peer.relay { " (relay)" } else { "" };
-        out.push_str(&format!("  {}{role}\n", peer.peer));
+        let tunnels = match peer.tunnels {
+            0 => String::new(),
+            n => format!("  tunnels: {n}"),
+        };
+        out.push_str(&format!("  {}{role}{tunnels}\n", peer.peer));
         for c in &peer.connections {
             out.push_str(&format!(
                 "    {:<7} {:<4} {:<3} {:>6}s  {}\n",
