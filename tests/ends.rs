@@ -208,3 +208,35 @@ async fn a_service_too_slow_to_accept_is_reported_by_the_serving_side_before_the
     let said = a.log.wait_for(|l| l.contains("did not answer in time"), BOUND);
     assert!(said.is_some(), "A says why:\n{}", a.log.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_daemon_resets_its_own_local_socket_too() {
+    // The serving daemon dies while the service only listens: the service must see a reset
+    // (zero linger armed in advance), not a FIN that would end its input cleanly.
+    let (sink, mut ends) = services::sink().await;
+    let pair = pair_serving("sink", sink, "");
+    let socket =
+        socks::connect(pair.b.socks(), "home.alice.p2p", sink.port()).await.expect("tunnel");
+    let (mut r, mut w) = socket.into_split();
+    w.write_all(b"some bytes").await.unwrap();
+    pair.a.signal("KILL");
+    let end = tokio::time::timeout(BOUND, ends.recv()).await.expect("the service saw an end");
+    assert!(matches!(end, Some(End::Reset(_))), "the service saw {end:?}, not a reset");
+    // And the app, which only reads, sees the reset through its own daemon.
+    let (_, app) = read_to_end_or_reset(&mut r, 0).await;
+    assert_eq!(app.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_killed_client_daemon_resets_the_apps_socket() {
+    let echo = services::echo().await;
+    let pair = pair_serving("echo", echo, "");
+    let mut socket =
+        socks::connect(pair.b.socks(), "home.alice.p2p", echo.port()).await.expect("tunnel");
+    socket.write_all(b"x").await.unwrap();
+    let mut one = [0u8; 1];
+    socket.read_exact(&mut one).await.unwrap();
+    pair.b.signal("KILL");
+    let (_, end) = read_to_end_or_reset(&mut socket, 0).await;
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "not a clean EOF");
+}

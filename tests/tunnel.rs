@@ -192,9 +192,16 @@ async fn sigterm_lets_open_tunnels_finish_and_refuses_new_ones() {
         b.log.text()
     );
 
-    // With its last tunnel done, A exits 0.
+    // With its last tunnel done, A exits 0, promptly after saying it stopped.
+    let stopped = a.log.wait_for(|l| l.contains("stopped"), std::time::Duration::from_secs(30));
+    assert!(stopped.is_some(), "A stops:\n{}", a.log.text());
+    let since = std::time::Instant::now();
     let status = a.wait();
     assert!(status.success(), "A exits cleanly: {status:?}");
+    support::report(format!(
+        "tunnel: exit {:.0} ms after the \"stopped\" line",
+        since.elapsed().as_secs_f64() * 1000.0
+    ));
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -256,4 +263,23 @@ async fn a_home_too_deep_for_a_socket_path_still_gets_a_control_socket() {
     assert!(daemon.state.control.starts_with(runtime.path()), "{:?}", daemon.state.control);
     let out = support::peerup(&deep, &["status", "--json"]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn status_against_a_frozen_daemon_gives_up_with_a_clear_error() {
+    let home = support::Home::init();
+    home.write_config("");
+    let daemon = support::Daemon::start(&home);
+    daemon.signal("STOP");
+    let started = std::time::Instant::now();
+    let out = support::peerup(home.path(), &["status"]);
+    let took = started.elapsed();
+    daemon.signal("CONT");
+    assert_eq!(out.status.code(), Some(5), "{out:?}");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("did not answer"), "{err}");
+    support::report(format!(
+        "tunnel: status against a frozen daemon gave up after {:.1} s",
+        took.as_secs_f64()
+    ));
 }

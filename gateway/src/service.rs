@@ -182,7 +182,15 @@ impl ServiceHost {
             tasks.spawn(refuse(inbound.stream, Status::Busy, "stream limit reached"));
             return;
         };
-        tasks.spawn(self.clone().serve(inbound, slot, abort.clone()).instrument(span));
+        let (host, abort) = (self.clone(), abort.clone());
+        let serving = async move {
+            // Past the grace period, even a stream still being set up ends.
+            tokio::select! {
+                () = host.serve(inbound, slot, abort.clone()) => {}
+                () = abort.cancelled() => {}
+            }
+        };
+        tasks.spawn(serving.instrument(span));
     }
 
     fn try_slot(self: &Arc<Self>, peer: PeerId) -> Option<Slot> {

@@ -103,7 +103,11 @@ impl SocksServer {
             let abort = abort.clone();
             tasks.spawn(
                 async move {
-                    serve(socket, connector.as_ref(), timeout, &abort).await;
+                    // Past the grace period, even a connection still in its handshake ends.
+                    tokio::select! {
+                        () = serve(socket, connector.as_ref(), timeout, &abort) => {}
+                        () = abort.cancelled() => {}
+                    }
                     drop(permit);
                 }
                 .instrument(span),

@@ -226,7 +226,10 @@ impl Daemon {
 impl Drop for Daemon {
     fn drop(&mut self) {
         // A stopped process must be continued to die of SIGKILL promptly in every kernel.
-        let _ = Command::new("kill").args(["-CONT", &self.child.id().to_string()]).status();
+        let _ = Command::new("kill")
+            .args(["-CONT", &self.child.id().to_string()])
+            .stderr(Stdio::null())
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

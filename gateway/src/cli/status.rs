@@ -10,8 +10,21 @@ use crate::relay::RelayStatus;
 
 pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
     let state = State::read(home).ok_or_else(|| not_running(home))?;
-    let answer =
-        crate::control::request(&state.control, "status").await.map_err(|_| not_running(home))?;
+    let answer = crate::control::request(&state.control, "status").await.map_err(|error| {
+        if error.kind() == std::io::ErrorKind::TimedOut {
+            Failure::new(
+                5,
+                format!(
+                    "the daemon of {} (pid {}) did not answer within {:?}: is it stopped or overloaded?",
+                    home.dir().display(),
+                    state.pid,
+                    crate::control::CLIENT_TIMEOUT
+                ),
+            )
+        } else {
+            not_running(home)
+        }
+    })?;
     let mut out = std::io::stdout().lock();
     if json {
         let _ = writeln!(out, "{answer}");
