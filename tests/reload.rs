@@ -173,3 +173,34 @@ async fn sighup_applies_an_edit_at_once() {
     let said = pair.a.log.wait_for(|l| l.contains("reloaded") && l.contains("SIGHUP"), BOUND);
     assert!(said.is_some(), "A says SIGHUP reloaded:\n{}", pair.a.log.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_revoked_download_that_is_backed_up_is_reset_too() {
+    let (hose, _ends) = services::firehose(u64::MAX).await;
+    let pair = Pair::start(&format!("  hose: {{ local_address: {hose} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let socket = downloading(pair.b.socks(), hose.port()).await;
+    // The app reads slowly (about 6 MB/s): every window and buffer towards it stays full.
+    let (mut r, _w) = socket.into_split();
+    let reader = tokio::spawn(async move {
+        let mut buf = vec![0u8; 64 * 1024];
+        loop {
+            match r.read(&mut buf).await {
+                Ok(0) => return (Instant::now(), Ok(())),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(10)).await,
+                Err(e) => return (Instant::now(), Err(e)),
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let removed = Instant::now();
+    let out = peerup(pair.home_a.path(), &["auth", "remove", &pair.home_b.peer_id]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let (at, end) = tokio::time::timeout(BOUND, reader).await.expect("the download ends").unwrap();
+    assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "not a clean end");
+    report(format!(
+        "reload: auth remove of a backed-up download: app reset {:.0} ms after the command started",
+        at.duration_since(removed).as_secs_f64() * 1000.0
+    ));
+}

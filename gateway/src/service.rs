@@ -225,8 +225,8 @@ impl ServiceHost {
             return;
         };
         Span::current().record("service", service.name.as_str());
-        // Registered before the check: a revocation either happens before it (and the check
-        // sees it) or after (and the registry resets this tunnel).
+        // Registered before the checks: a revocation either happens before them (and they see
+        // it) or after (and the registry resets this tunnel).
         let guard = self.tunnels.register(tunnels::Info {
             peer: inbound.peer,
             connection: inbound.connection,
@@ -235,6 +235,14 @@ impl ServiceHost {
             local: Some(service.local.clone()),
             since: Instant::now(),
         });
+        // The same for a reload that removed or moved the service in between.
+        let current = self.table().find(&request).is_some_and(|now| now.local == service.local);
+        if !current {
+            info!(%request, "service removed by a reload");
+            let _ =
+                Response::new(Status::NoSuchService, "no such service").refuse(&mut stream).await;
+            return;
+        }
         if !self.access.may_use(&service.name, &inbound.peer) {
             info!("refused: peer is not authorized for this service");
             let _ =

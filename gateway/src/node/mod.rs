@@ -227,7 +227,7 @@ impl Node {
                 () = retry_sleep => {}
                 () = silence => {
                     for (peer, connection) in self.liveness.dead(tokio::time::Instant::now()) {
-                        self.path_lost(peer, connection, "no ping answered in time");
+                        self.path_lost(peer, connection, "no ping answered in time (the peer, the path or this process stalled)");
                     }
                 }
                 Some(command) = commands.recv() => self.on_command(command),

@@ -19,8 +19,12 @@ use tokio_util::sync::WaitForCancellationFutureOwned;
 use super::{Guard, Switch};
 use crate::protocol::frame::{HEADER, Header, Reason, WRITE_DATA};
 
-/// Time to hand a RESET to the stream, or to close it, before dropping it anyway.
+/// Time to close the stream cleanly once both directions ended.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(1);
+/// Time to hand a RESET to the stream before dropping it anyway. Short: when the stream's send
+/// window is full (the peer reads slowly), the RESET would wait behind data, and dropping the
+/// stream ends the tunnel on the far side as well (an EOF without END reads as a cut).
+const RESET_TIMEOUT: Duration = Duration::from_millis(100);
 
 /// See the module docs.
 pub struct Framed<T> {
@@ -38,6 +42,8 @@ pub struct Framed<T> {
     wrote_end: bool,
     /// The peer already ended the tunnel abnormally (no RESET needed back).
     broken: bool,
+    /// The peer broke the protocol (a RESET with that reason goes back).
+    malformed: bool,
     switch: Switch,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
     _guard: Option<Guard>,
@@ -71,6 +77,7 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
             out_pos: 0,
             wrote_end: false,
             broken: false,
+            malformed: false,
             switch,
             killed,
             _guard: guard,
@@ -116,10 +123,14 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
         self.out.extend_from_slice(payload);
     }
 
-    /// Mark the tunnel broken by the far side when `result` is an error.
+    /// Remember how the far side ended the tunnel when `result` is an error: a malformed frame
+    /// is answered with a protocol RESET, anything else needs no answer.
     fn note<R>(&mut self, result: Poll<io::Result<R>>) -> Poll<io::Result<R>> {
-        if let Poll::Ready(Err(_)) = &result {
-            self.broken = true;
+        if let Poll::Ready(Err(e)) = &result {
+            match e.kind() {
+                io::ErrorKind::InvalidData => self.malformed = true,
+                _ => self.broken = true,
+            }
         }
         result
     }
@@ -129,6 +140,9 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
         cx: &mut Context<'_>,
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if buf.remaining() == 0 {
+            return Poll::Ready(Ok(()));
+        }
         loop {
             if self.read_end {
                 return Poll::Ready(Ok(()));
@@ -226,17 +240,22 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
         }
         // After the peer's END only a RESET may follow, and the stream must not end before
         // ours: the peer closes it only once it has read our END.
-        let result = match self.poll_header(cx) {
+        let result: io::Result<()> = match self.poll_header(cx) {
             Poll::Pending => return Poll::Pending,
             Poll::Ready(Ok(Some(Header::Reset(reason)))) => {
-                cut(format!("the peer reset the tunnel: {reason}"))
+                Err(cut(format!("the peer reset the tunnel: {reason}")))
             }
-            Poll::Ready(Ok(Some(header))) => cut(format!("{header:?} after the end frame")),
-            Poll::Ready(Ok(None)) => cut("the tunnel closed before our end frame"),
-            Poll::Ready(Err(e)) => e,
+            Poll::Ready(Ok(Some(header))) => Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("{header:?} after the end frame"),
+            )),
+            Poll::Ready(Ok(None)) => Err(cut("the tunnel closed before our end frame")),
+            Poll::Ready(Err(e)) => Err(e),
         };
-        self.broken = true;
-        Poll::Ready(result)
+        match self.note(Poll::Ready(result)) {
+            Poll::Ready(Err(e)) => Poll::Ready(e),
+            _ => Poll::Pending,
+        }
     }
 
     async fn finish(mut self) {
@@ -245,14 +264,18 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
 
     async fn abort(mut self) {
         if !self.broken {
-            let reason = self.switch.reason().unwrap_or(Reason::SocketFailed);
+            let reason = match (self.switch.reason(), self.malformed) {
+                (Some(reason), _) => reason,
+                (None, true) => Reason::Protocol,
+                (None, false) => Reason::SocketFailed,
+            };
             let reset = async {
                 // A RESET starts at a frame boundary: finish the frame in flight first.
                 std::future::poll_fn(|cx| self.poll_drain(cx)).await?;
                 self.io.write_all(&Header::Reset(reason).encode()).await?;
                 self.io.shutdown().await
             };
-            let _ = tokio::time::timeout(CLOSE_TIMEOUT, reset).await;
+            let _ = tokio::time::timeout(RESET_TIMEOUT, reset).await;
         }
     }
 }
@@ -326,6 +349,19 @@ mod tests {
         raw.write_all(&Header::Reset(Reason::Revoked).encode()).await.unwrap();
         let error = watch.await;
         assert!(error.to_string().contains("access revoked"), "{error}");
+    }
+
+    #[tokio::test]
+    async fn a_malformed_frame_is_answered_with_a_protocol_reset() {
+        let (b, mut raw) = duplex(1 << 16);
+        let mut b = framed(b);
+        raw.write_all(&[9, 0, 0, 0]).await.unwrap();
+        let mut got = Vec::new();
+        assert!(b.read_to_end(&mut got).await.is_err());
+        b.abort().await;
+        let mut wire = Vec::new();
+        raw.read_to_end(&mut wire).await.unwrap();
+        assert_eq!(wire, Header::Reset(Reason::Protocol).encode());
     }
 
     #[tokio::test]

@@ -177,7 +177,10 @@ pub fn log_end(outcome: &Result<Carried, Aborted>, started: Instant, tunnel: Tun
     match outcome {
         Ok(_) => info!(sent, received, duration, "tunnel closed"),
         Err(aborted) => {
+            // A kill switch (revoked, path lost) surfaces through the tunnel leg as "aborted".
+            let here = aborted.error.kind() == std::io::ErrorKind::ConnectionAborted;
             let at = match (aborted.side, tunnel) {
+                _ if here => "here",
                 (peerup_proxy::Side::Stop, _) => "here",
                 (peerup_proxy::Side::A, TunnelLeg::A) | (peerup_proxy::Side::B, TunnelLeg::B) => {
                     "tunnel"
