@@ -32,16 +32,20 @@ async fn read_to_end_or_reset<R: AsyncRead + Unpin>(
     }
 }
 
-/// A pair where A serves `service` as `name` to B.
-fn pair_serving(name: &str, service: std::net::SocketAddr, b_extra: &str) -> Pair {
+/// A pair where A serves `service` as `name` to B; `a_extra` and `b_extra` are more config.
+fn pair_with(name: &str, service: std::net::SocketAddr, a_extra: &str, b_extra: &str) -> Pair {
     let home_a = Home::init();
     let home_b = Home::init();
-    home_a.write_config(&format!("services:\n  {name}: {{ local_address: {service} }}\n"));
+    home_a.write_config(&format!("services:\n  {name}: {{ local_address: {service} }}\n{a_extra}"));
     home_a.allow(&home_b.peer_id, None);
     let a = support::Daemon::start(&home_a);
     home_b.write_config(&format!("names:\n  home.alice: {}\n{b_extra}", a.tcp_multiaddr()));
     let b = support::Daemon::start(&home_b);
     Pair { home_a, home_b, a, b }
+}
+
+fn pair_serving(name: &str, service: std::net::SocketAddr, b_extra: &str) -> Pair {
+    pair_with(name, service, "", b_extra)
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -94,15 +98,8 @@ async fn killing_the_client_daemon_mid_upload_resets_the_service_connection() {
 async fn apps_that_close_before_a_large_reply_leave_nothing_open_on_the_serving_side() {
     const LIMIT: usize = 4;
     let (hose, mut ends) = services::firehose(16 << 20).await;
-    let home_a = Home::init();
-    let home_b = Home::init();
-    home_a.write_config(&format!(
-        "services:\n  hose: {{ local_address: {hose} }}\nlimits: {{ streams_per_peer: {LIMIT} }}\n"
-    ));
-    home_a.allow(&home_b.peer_id, None);
-    let a = support::Daemon::start(&home_a);
-    home_b.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
-    let b = support::Daemon::start(&home_b);
+    let limit = format!("limits: {{ streams_per_peer: {LIMIT} }}\n");
+    let Pair { home_a, home_b: _home_b, a, b } = pair_with("hose", hose, &limit, "");
     // Twice the limit: each app asks, half-closes, reads a little of the 16 MiB reply, closes.
     for round in 0..2 * LIMIT {
         let mut socket =
@@ -189,15 +186,8 @@ async fn a_frozen_peer_is_noticed_and_its_tunnels_reset_then_the_next_connect_di
 #[tokio::test(flavor = "multi_thread")]
 async fn a_service_too_slow_to_accept_is_reported_by_the_serving_side_before_the_deadline() {
     let (slow, _held, _listener) = services::unaccepting();
-    let home_a = Home::init();
-    let home_b = Home::init();
-    home_a.write_config(&format!(
-        "services:\n  slow: {{ local_address: {slow} }}\nlimits: {{ service_timeout: 1s }}\n"
-    ));
-    home_a.allow(&home_b.peer_id, None);
-    let a = support::Daemon::start(&home_a);
-    home_b.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
-    let b = support::Daemon::start(&home_b);
+    let Pair { a, b, home_a: _home_a, home_b: _home_b } =
+        pair_with("slow", slow, "limits: { service_timeout: 1s }\n", "");
     let started = Instant::now();
     let reply = socks::connect(b.socks(), "home.alice.p2p", slow.port()).await.err();
     assert_eq!(reply, Some(0x05), "the service did not accept: 0x05, not the peer's 0x06");
