@@ -170,3 +170,44 @@ fn the_shipped_configs_pass_config_check() {
         assert!(out.status.success(), "{example}: {}", stderr(&out));
     }
 }
+
+#[test]
+fn auth_add_refuses_a_comment_that_would_inject_a_line() {
+    let home = Home::init();
+    let (friend, attacker) = (Home::init(), Home::init());
+    let comment = format!("x\n{}", attacker.peer_id);
+    let out = peerup(home.path(), &["auth", "add", &friend.peer_id, "--comment", &comment]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("control character"), "{}", stderr(&out));
+    let text = std::fs::read_to_string(home.file("authorized_keys")).unwrap_or_default();
+    assert!(!text.contains(&attacker.peer_id), "nothing injected: {text}");
+}
+
+#[test]
+fn auth_add_keeps_an_expiry_it_is_not_given_and_refuses_a_past_one() {
+    let home = Home::init();
+    let other = Home::init();
+    let add = |args: &[&str]| {
+        let mut all = vec!["auth", "add", other.peer_id.as_str()];
+        all.extend_from_slice(args);
+        peerup(home.path(), &all)
+    };
+    assert!(add(&["--expires", "2099-12-31"]).status.success());
+    let out = add(&["--comment", "renamed"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    let text = std::fs::read_to_string(home.file("authorized_keys")).unwrap();
+    assert!(text.contains("expires=2099-12-31 # renamed"), "expiry kept: {text}");
+    let out = add(&["--expires", "2001-01-01"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("already past"), "{}", stderr(&out));
+}
+
+#[test]
+fn a_peer_listed_twice_is_refused_with_both_lines() {
+    let home = Home::init();
+    let other = Home::init();
+    home.write_private("authorized_keys", &format!("{0}\n{0} # again\n", other.peer_id));
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("lines 1 and 2"), "{}", stderr(&out));
+}

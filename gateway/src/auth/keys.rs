@@ -93,6 +93,22 @@ impl Entry {
     }
 }
 
+/// The longest word a line may hold: a peer ID is at most ~60 characters and an option
+/// `expires=` with an RFC 3339 time about 45; longer words are refused before any decoding, so
+/// parsing stays linear in the file's size.
+const MAX_WORD: usize = 128;
+
+/// Check a comment given on the command line: one line of printable text.
+pub fn check_comment(comment: &str) -> Result<(), String> {
+    match comment.chars().find(|c| c.is_control()) {
+        Some(c) => Err(format!(
+            "the comment holds a control character ({:?}); a comment is one line of text",
+            c
+        )),
+        None => Ok(()),
+    }
+}
+
 /// A malformed line.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("{path}:{line}: {message}", path = path.display())]
@@ -118,6 +134,7 @@ pub struct AuthorizedKeys {
 impl AuthorizedKeys {
     pub fn parse(text: &str, path: &Path) -> Result<Self, KeysError> {
         let mut lines = Vec::new();
+        let mut seen: std::collections::HashMap<PeerId, usize> = std::collections::HashMap::new();
         for (index, raw) in text.lines().enumerate() {
             let error = |message: String| KeysError { path: path.into(), line: index + 1, message };
             let trimmed = raw.trim();
@@ -125,7 +142,15 @@ impl AuthorizedKeys {
                 lines.push(Line::Other(raw.to_owned()));
                 continue;
             }
-            lines.push(Line::Entry(parse_entry(trimmed).map_err(error)?));
+            let entry = parse_entry(trimmed).map_err(error)?;
+            if let Some(first) = seen.insert(entry.peer, index + 1) {
+                return Err(error(format!(
+                    "{} is listed twice (lines {first} and {}); keep one line",
+                    entry.peer,
+                    index + 1
+                )));
+            }
+            lines.push(Line::Entry(entry));
         }
         Ok(AuthorizedKeys { lines })
     }
@@ -137,13 +162,16 @@ impl AuthorizedKeys {
         })
     }
 
-    /// Add a peer, or replace its options if present. Returns true if it was new.
+    /// Add a peer, or update it if present: options given replace the old ones, options not
+    /// given are kept (an `auth add` without `--expires` never lifts an expiry). Returns true
+    /// if it was new.
     pub fn upsert(&mut self, entry: Entry) -> bool {
         for line in &mut self.lines {
             if let Line::Entry(existing) = line
                 && existing.peer == entry.peer
             {
-                *existing = entry;
+                existing.expires = entry.expires.or(existing.expires);
+                existing.comment = entry.comment.or(existing.comment.take());
                 return false;
             }
         }
@@ -177,6 +205,10 @@ fn parse_entry(line: &str) -> Result<Entry, String> {
         None => (line, None),
     };
     let mut words = fields.split_whitespace();
+    if let Some(long) = fields.split_whitespace().find(|w| w.len() > MAX_WORD) {
+        let start: String = long.chars().take(16).collect();
+        return Err(format!("{start:?}…: a word of {} bytes is no peer ID or option", long.len()));
+    }
     let first = words.next().ok_or("empty entry")?;
     let peer = parse_peer(first).map_err(|e| format!("{first:?}: {e}"))?;
     let mut expires = None;
@@ -252,5 +284,39 @@ mod tests {
         assert!(keys.remove(&b));
         assert!(!keys.remove(&b));
         assert_eq!(keys.render(), format!("# keep me\n{a} # renamed\n\n{c} # new\n"));
+    }
+
+    #[test]
+    fn an_update_keeps_the_options_it_does_not_give() {
+        let a = PeerId::random();
+        let mut keys = parse(&format!("{a} expires=2030-01-31 # laptop\n")).unwrap();
+        assert!(!keys.upsert(Entry { peer: a, expires: None, comment: None }));
+        assert_eq!(keys.render(), format!("{a} expires=2030-01-31 # laptop\n"), "expiry kept");
+        let later = "2031-01-01".parse().ok();
+        assert!(!keys.upsert(Entry { peer: a, expires: later, comment: None }));
+        assert_eq!(keys.render(), format!("{a} expires=2031-01-01 # laptop\n"));
+    }
+
+    #[test]
+    fn a_peer_listed_twice_is_an_error_naming_both_lines() {
+        let a = PeerId::random();
+        let error = parse(&format!("{a}\n# x\n{a} expires=2030-01-01\n")).unwrap_err();
+        assert_eq!(error.line, 3);
+        assert!(error.message.contains("lines 1 and 3"), "{error}");
+    }
+
+    #[test]
+    fn huge_tokens_are_refused_quickly() {
+        let started = std::time::Instant::now();
+        let error = parse(&"1".repeat(1_000_000)).unwrap_err();
+        assert!(error.message.contains("1000000 bytes"), "{error}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(5), "linear");
+    }
+
+    #[test]
+    fn comments_are_one_line_of_text() {
+        assert!(check_comment("laptop (alice)").is_ok());
+        assert!(check_comment("x\n12D3KooWInjected").is_err());
+        assert!(check_comment("\u{1b}[31mred").is_err());
     }
 }

@@ -9,6 +9,7 @@ use peerup_resolver::{Name, parse_peer, peer_label};
 
 use super::Failure;
 use crate::auth::access::load_keys;
+use crate::auth::keys::check_comment;
 use crate::auth::{AuthorizedKeys, Entry, Expiry};
 use crate::config::{Config, DEFAULT_CONFIG, ServiceName, suffix};
 use crate::daemon::{Loaded, State, load, local_tiers};
@@ -153,8 +154,18 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
     match command {
         AuthCommand::Add { peer, service, relay, comment, expires } => {
             let peer = peer_arg(&peer)?;
+            if let Some(comment) = &comment {
+                check_comment(comment).map_err(Failure::usage)?;
+            }
             let expires =
                 expires.map(|e| e.parse::<Expiry>()).transpose().map_err(Failure::usage)?;
+            if let Some(expiry) = expires
+                && expiry.ends_at() <= time::OffsetDateTime::now_utc()
+            {
+                return Err(Failure::usage(format!(
+                    "--expires {expiry} is already past: access would end before it starts"
+                )));
+            }
             let (path, note) = keys_file(home, service.as_deref(), relay)?;
             let mut keys = read_keys(&path)?;
             let new = keys.upsert(Entry { peer, expires, comment });
