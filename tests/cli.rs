@@ -211,3 +211,32 @@ fn a_peer_listed_twice_is_refused_with_both_lines() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("lines 1 and 2"), "{}", stderr(&out));
 }
+
+#[test]
+fn every_file_goes_through_the_checked_reader() {
+    let home = Home::init();
+    std::fs::write(home.file("config.yaml"), "mdns: false\n").unwrap();
+    std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o666))
+        .unwrap();
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "a world-writable config.yaml is refused");
+    assert!(stderr(&out).contains("chmod go-w"), "{}", stderr(&out));
+    std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o644))
+        .unwrap();
+    // A FIFO as names.yaml must not block start-up; a symlink to a device must not be read.
+    assert!(
+        std::process::Command::new("mkfifo")
+            .arg(home.file("names.yaml"))
+            .status()
+            .unwrap()
+            .success()
+    );
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    std::fs::remove_file(home.file("names.yaml")).unwrap();
+    std::os::unix::fs::symlink("/dev/urandom", home.file("names.yaml")).unwrap();
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+}

@@ -27,7 +27,7 @@ use crate::auth::access::AccessLists;
 use crate::config::{Config, ConfigError, NameKey, NameValue, parse_names_file};
 use crate::connect::Gateway;
 use crate::control::ControlServer;
-use crate::files::{self, FileError, Home};
+use crate::files::{self, Home};
 use crate::identity;
 use crate::node::{Handle, Keepalive, Node, NodeOptions};
 use crate::protocol::frame::Reason;
@@ -64,7 +64,7 @@ pub fn load(home: &Home) -> Result<Loaded, StartError> {
 pub fn load_names(home: &Home, config: &Config) -> Result<LocalNames, ConfigError> {
     let path = home.join(files::NAMES_FILE.as_ref());
     let mut names: BTreeMap<NameKey, NameValue> = config.names.clone();
-    match std::fs::read_to_string(&path) {
+    match files::read_checked_text(&path, files::Kind::Config) {
         Ok(text) => {
             for (key, value) in parse_names_file(&text, &path)? {
                 if names.contains_key(&key) {
@@ -77,8 +77,8 @@ pub fn load_names(home: &Home, config: &Config) -> Result<LocalNames, ConfigErro
                 names.insert(key, value);
             }
         }
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-        Err(e) => return Err(FileError::io(&path, e).into()),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
     }
     Ok(LocalNames::new(names.into_iter().map(|(k, v)| ((k.host, k.network), v.0))))
 }

@@ -35,8 +35,100 @@ pub enum FileError {
         path = path.display()
     )]
     Owner { path: PathBuf, owner: u32 },
+    #[error("{path} is not a regular file ({what})", path = path.display())]
+    NotRegular { path: PathBuf, what: &'static str },
+    #[error(
+        "{path} is {size} bytes; a {kind} is at most {limit} bytes",
+        path = path.display()
+    )]
+    TooLarge { path: PathBuf, kind: &'static str, size: u64, limit: u64 },
     #[error("{path}: {source}", path = path.display())]
     Io { path: PathBuf, source: io::Error },
+}
+
+/// What a file read through [`read_checked`] is, and so the rules it must meet.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// config.yaml, names.yaml: nobody else may change them.
+    Config,
+    /// An authorized_keys file: nobody else may change it.
+    Keys,
+    /// identity.key: nobody else may read it either.
+    Secret,
+}
+
+impl Kind {
+    fn limit(self) -> u64 {
+        match self {
+            Kind::Config | Kind::Keys => 1 << 20,
+            Kind::Secret => 4096,
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Kind::Config => "config file",
+            Kind::Keys => "authorized_keys file",
+            Kind::Secret => "key file",
+        }
+    }
+}
+
+/// The one way every file of a home is read: opened without blocking (a FIFO cannot hang us),
+/// then checked on the open handle (no swap between check and read): a regular file, owned by
+/// us or root, not writable by group or others (and for a secret, not readable either), no
+/// larger than its kind allows — and read no further than that.
+pub fn read_checked(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
+    use std::io::Read;
+    use std::os::unix::fs::MetadataExt;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
+        .open(path)
+        .map_err(|e| FileError::io(path, e))?;
+    let meta = file.metadata().map_err(|e| FileError::io(path, e))?;
+    let file_type = meta.file_type();
+    if !file_type.is_file() {
+        let what = if file_type.is_dir() { "a directory" } else { "a device, FIFO or socket" };
+        return Err(FileError::NotRegular { path: path.to_owned(), what });
+    }
+    let mode = meta.mode() & 0o777;
+    if kind == Kind::Secret && mode & 0o077 != 0 {
+        return Err(FileError::KeyReadable { path: path.to_owned(), mode });
+    }
+    if mode & 0o022 != 0 {
+        return Err(FileError::Writable { path: path.to_owned(), mode });
+    }
+    if meta.uid() != my_uid() && meta.uid() != 0 {
+        return Err(FileError::Owner { path: path.to_owned(), owner: meta.uid() });
+    }
+    let limit = kind.limit();
+    if meta.len() > limit {
+        let (kind, size) = (kind.name(), meta.len());
+        return Err(FileError::TooLarge { path: path.to_owned(), kind, size, limit });
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(limit + 1).read_to_end(&mut bytes).map_err(|e| FileError::io(path, e))?;
+    if bytes.len() as u64 > limit {
+        let size = bytes.len() as u64;
+        return Err(FileError::TooLarge { path: path.to_owned(), kind: kind.name(), size, limit });
+    }
+    Ok(bytes)
+}
+
+/// [`read_checked`] for a text file.
+pub fn read_checked_text(path: &Path, kind: Kind) -> Result<String, FileError> {
+    let bytes = read_checked(path, kind)?;
+    String::from_utf8(bytes).map_err(|_| {
+        FileError::io(path, io::Error::new(io::ErrorKind::InvalidData, "not UTF-8 text"))
+    })
+}
+
+impl FileError {
+    /// The file does not exist (callers with a default for that case).
+    pub fn is_not_found(&self) -> bool {
+        matches!(self, FileError::Io { source, .. } if source.kind() == io::ErrorKind::NotFound)
+    }
 }
 
 impl FileError {
@@ -108,24 +200,6 @@ pub fn my_uid() -> u32 {
     fs::metadata("/proc/self").map_or(u32::MAX, |m| m.uid())
 }
 
-/// Refuse a secret that group or others can read or write.
-pub fn check_private(path: &Path) -> Result<(), FileError> {
-    let mode = mode_of(path)?;
-    if mode & 0o077 != 0 {
-        return Err(FileError::KeyReadable { path: path.to_owned(), mode: mode & 0o777 });
-    }
-    Ok(())
-}
-
-fn mode_of(path: &Path) -> Result<u32, FileError> {
-    fs::metadata(path).map(|m| m.permissions().mode()).map_err(|e| FileError::io(path, e))
-}
-
-/// Read a text file, naming the path in the error.
-pub fn read_text(path: &Path) -> Result<String, FileError> {
-    fs::read_to_string(path).map_err(|e| FileError::io(path, e))
-}
-
 /// Create a directory (and parents) private to the user.
 pub fn create_private_dir(path: &Path) -> Result<(), FileError> {
     fs::DirBuilder::new()
@@ -174,14 +248,47 @@ mod tests {
         let key = dir.path().join("identity.key");
         create_new(&key, b"x", 0o644).unwrap();
         fs::set_permissions(&key, fs::Permissions::from_mode(0o644)).unwrap();
-        let error = check_private(&key).unwrap_err().to_string();
+        let error = read_checked(&key, Kind::Secret).unwrap_err().to_string();
         assert!(error.contains("mode 644") && error.contains("chmod 600"), "{error}");
         fs::set_permissions(&key, fs::Permissions::from_mode(0o600)).unwrap();
-        check_private(&key).unwrap();
+        read_checked(&key, Kind::Secret).unwrap();
 
         fs::set_permissions(dir.path(), fs::Permissions::from_mode(0o777)).unwrap();
         let error = check_not_writable(dir.path()).unwrap_err().to_string();
         assert!(error.contains("chmod go-w"), "{error}");
+    }
+
+    #[test]
+    fn the_checked_reader_refuses_what_is_not_a_private_regular_file_of_sane_size() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("config.yaml");
+        create_new(&file, b"a: 1\n", 0o600).unwrap();
+        assert_eq!(read_checked_text(&file, Kind::Config).unwrap(), "a: 1\n");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o666)).unwrap();
+        let error = read_checked(&file, Kind::Config).unwrap_err().to_string();
+        assert!(error.contains("chmod go-w"), "{error}");
+        fs::set_permissions(&file, fs::Permissions::from_mode(0o640)).unwrap();
+        assert!(read_checked(&file, Kind::Config).is_ok());
+        let error = read_checked(&file, Kind::Secret).unwrap_err().to_string();
+        assert!(error.contains("chmod 600"), "{error}");
+
+        let error = read_checked(dir.path(), Kind::Config).unwrap_err().to_string();
+        assert!(error.contains("a directory"), "{error}");
+        let fifo = dir.path().join("fifo");
+        assert!(std::process::Command::new("mkfifo").arg(&fifo).status().unwrap().success());
+        let error = read_checked(&fifo, Kind::Config).unwrap_err().to_string();
+        assert!(error.contains("FIFO"), "a FIFO is refused, not waited on: {error}");
+        let link = dir.path().join("random");
+        std::os::unix::fs::symlink("/dev/urandom", &link).unwrap();
+        assert!(read_checked(&link, Kind::Keys).unwrap_err().to_string().contains("not a regular"));
+
+        let big = dir.path().join("big");
+        create_new(&big, &vec![b'#'; (1 << 20) + 1], 0o600).unwrap();
+        let error = read_checked(&big, Kind::Keys).unwrap_err().to_string();
+        assert!(error.contains("at most 1048576 bytes"), "{error}");
+        assert!(
+            read_checked(&dir.path().join("nothing"), Kind::Config).unwrap_err().is_not_found()
+        );
     }
 
     #[test]

@@ -4,7 +4,7 @@ use std::path::Path;
 
 use libp2p::identity::Keypair;
 
-use crate::files::{FileError, check_private, create_new};
+use crate::files::{FileError, Kind, create_new, read_checked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
@@ -26,8 +26,7 @@ pub fn generate(path: &Path) -> Result<Keypair, IdentityError> {
 
 /// Load the key, refusing one that group or others can read.
 pub fn load(path: &Path) -> Result<Keypair, IdentityError> {
-    check_private(path)?;
-    let bytes = std::fs::read(path).map_err(|e| FileError::io(path, e))?;
+    let bytes = read_checked(path, Kind::Secret)?;
     Keypair::from_protobuf_encoding(&bytes)
         .map_err(|e| IdentityError::Decode { path: path.to_owned(), reason: e.to_string() })
 }

@@ -101,10 +101,9 @@ impl AccessLists {
     }
 }
 
-/// Read and parse an authorized_keys file, refusing one that group or others can write.
+/// Read (through the checked reader) and parse an authorized_keys file.
 pub fn load_keys(path: &Path) -> Result<AuthorizedKeys, AccessError> {
-    files::check_not_writable(path)?;
-    let text = files::read_text(path)?;
+    let text = files::read_checked_text(path, files::Kind::Keys)?;
     Ok(AuthorizedKeys::parse(&text, path)?)
 }
 

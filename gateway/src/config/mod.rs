@@ -93,6 +93,7 @@ impl Default for Config {
 impl Config {
     /// Parse and validate a config file's text.
     pub fn parse(text: &str, path: &Path) -> Result<Config, ConfigError> {
+        check_nesting(text, path)?;
         let config: Config = if is_empty_document(text) {
             Config::default()
         } else {
@@ -104,10 +105,10 @@ impl Config {
 
     /// Load `path`; a missing file means the embedded defaults.
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
-        match std::fs::read_to_string(path) {
+        match crate::files::read_checked_text(path, crate::files::Kind::Config) {
             Ok(text) => Config::parse(&text, path),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(Config::default()),
-            Err(e) => Err(crate::files::FileError::io(path, e).into()),
+            Err(e) if e.is_not_found() => Ok(Config::default()),
+            Err(e) => Err(e.into()),
         }
     }
 
@@ -121,6 +122,54 @@ impl Config {
         }
         all
     }
+}
+
+/// Flow collections (`[` `{`) nested deeper than this are refused before parsing: the YAML
+/// parser takes quadratic time on deep nesting (500,000 `[` took 8 minutes), and no config of
+/// ours nests more than a few levels.
+const MAX_FLOW_DEPTH: usize = 64;
+
+/// Refuse deeply nested flow collections, pointing at where the limit was passed. A cheap
+/// linear scan that skips quoted strings and comments.
+fn check_nesting(text: &str, path: &Path) -> Result<(), ConfigError> {
+    let (mut depth, mut line, mut column) = (0usize, 1usize, 0usize);
+    let (mut quote, mut comment, mut escaped, mut previous) = (None, false, false, ' ');
+    for c in text.chars() {
+        column += 1;
+        if c == '\n' {
+            (line, column, comment) = (line + 1, 0, false);
+        } else if comment {
+        } else if let Some(q) = quote {
+            if escaped {
+                escaped = false;
+            } else if q == '"' && c == '\\' {
+                escaped = true;
+            } else if c == q {
+                quote = None;
+            }
+        } else {
+            match c {
+                '"' | '\'' => quote = Some(c),
+                '#' if previous.is_whitespace() => comment = true,
+                '[' | '{' => {
+                    depth += 1;
+                    if depth > MAX_FLOW_DEPTH {
+                        let message = format!("nested deeper than {MAX_FLOW_DEPTH} levels");
+                        return Err(ConfigError::Syntax {
+                            path: path.to_owned(),
+                            line,
+                            column,
+                            message,
+                        });
+                    }
+                }
+                ']' | '}' => depth = depth.saturating_sub(1),
+                _ => {}
+            }
+        }
+        previous = c;
+    }
+    Ok(())
 }
 
 /// A YAML document holding only comments and blank lines.
@@ -144,6 +193,7 @@ pub fn parse_names_file(
     text: &str,
     path: &Path,
 ) -> Result<BTreeMap<NameKey, NameValue>, ConfigError> {
+    check_nesting(text, path)?;
     if is_empty_document(text) {
         return Ok(BTreeMap::new());
     }
@@ -204,6 +254,20 @@ mod tests {
         assert_eq!((boxed.peer, boxed.addrs.len()), (peer, 2));
         let error = parse("names:\n  nas: 12D3\n").unwrap_err().to_string();
         assert!(error.starts_with("config.yaml:2:3: "), "{error}");
+    }
+
+    #[test]
+    fn deep_nesting_is_refused_quickly_and_quoted_brackets_do_not_count() {
+        let started = std::time::Instant::now();
+        let deep = format!("names: {}", "[".repeat(500_000));
+        let error = parse(&deep).unwrap_err().to_string();
+        assert!(error.starts_with("config.yaml:1:72: nested deeper than 64"), "{error}");
+        assert!(started.elapsed() < Duration::from_secs(5), "linear");
+        let quoted = format!(
+            "# {}\nnames: {{}}\nsocks: {{ listen: \"127.0.0.1:1080\" }}\n",
+            "[".repeat(100)
+        );
+        assert!(parse(&quoted).is_ok());
     }
 
     #[test]

@@ -51,6 +51,10 @@ pub use tunnel::{Connected, Inbound, OpenError};
 const MAX_NEGOTIATING_INBOUND: usize = 1024;
 /// Time for connections to close gracefully at shutdown.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(3);
+/// After a connection closed, its tunnels have this long to read what it delivered (their
+/// last bytes and END frames) before any still open are reset: yamux does not always wake the
+/// streams of a connection that closed while closing.
+const CLOSED_GRACE: Duration = Duration::from_secs(1);
 
 /// The composed behaviour. Field order matters: the gate decides first.
 #[allow(missing_debug_implementations)] // identify's behaviour has no Debug
@@ -103,6 +107,8 @@ pub struct Node {
     reservations: Reservations,
     connections: HashMap<ConnectionId, ConnInfo>,
     liveness: liveness::Liveness,
+    /// Connections closed, whose tunnels are reset once [`CLOSED_GRACE`] has passed.
+    closed: std::collections::VecDeque<(tokio::time::Instant, PeerId, ConnectionId)>,
     access: Arc<Access>,
     tunnels: Arc<Tunnels>,
 }
@@ -168,6 +174,7 @@ impl Node {
             reservations: Reservations::new(options.relays),
             connections: HashMap::new(),
             liveness: liveness::Liveness::new(options.keepalive),
+            closed: std::collections::VecDeque::new(),
             access,
             tunnels,
         })
@@ -222,9 +229,17 @@ impl Node {
                     None => std::future::pending().await,
                 }
             };
+            let closed_due = self.closed.front().map(|(at, _, _)| *at);
+            let closed_sleep = async {
+                match closed_due {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => std::future::pending().await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => return self.close_all().await,
                 () = retry_sleep => {}
+                () = closed_sleep => self.reset_closed(),
                 () = silence => {
                     for (peer, connection) in self.liveness.dead(tokio::time::Instant::now()) {
                         self.path_lost(peer, connection, "no ping answered in time (the peer, the path or this process stalled)");
@@ -325,8 +340,8 @@ impl Node {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
                 self.connections.remove(&connection_id);
                 self.liveness.closed(connection_id);
-                // yamux does not wake every stream of a connection that closed while closing.
-                self.tunnels.reset_connection(peer_id, connection_id, Reason::PathLost);
+                let at = tokio::time::Instant::now() + CLOSED_GRACE;
+                self.closed.push_back((at, peer_id, connection_id));
             }
             SwarmEvent::IncomingConnectionError { send_back_addr, error, .. } => {
                 debug!(remote = %send_back_addr, %error, "inbound connection failed");
@@ -365,6 +380,18 @@ impl Node {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Reset the tunnels still open on connections that closed a grace period ago.
+    fn reset_closed(&mut self) {
+        let now = tokio::time::Instant::now();
+        while let Some((at, peer, connection)) = self.closed.front().copied() {
+            if at > now {
+                break;
+            }
+            self.closed.pop_front();
+            self.tunnels.reset_connection(peer, connection, Reason::PathLost);
         }
     }
 
