@@ -240,3 +240,19 @@ fn every_file_goes_through_the_checked_reader() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_daemon_refuses_to_start_while_sslkeylogfile_is_set() {
+    let home = Home::init();
+    let keylog = home.file("keys.log");
+    let out = std::process::Command::new(support::BIN)
+        .arg("--home")
+        .arg(home.path())
+        .arg("run")
+        .env("SSLKEYLOGFILE", &keylog)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("SSLKEYLOGFILE is set"), "{}", stderr(&out));
+    assert!(!keylog.exists());
+}

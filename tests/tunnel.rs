@@ -283,3 +283,35 @@ async fn status_against_a_frozen_daemon_gives_up_with_a_clear_error() {
         took.as_secs_f64()
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relative_home_works_from_any_directory_and_logs_carry_no_colour() {
+    let base = tempfile::tempdir().unwrap();
+    assert!(support::peerup(&base.path().join("node"), &["init"]).status.success());
+    std::fs::write(
+        base.path().join("node/config.yaml"),
+        "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0 }\n",
+    )
+    .unwrap();
+    let mut child = Command::new(support::BIN)
+        .current_dir(base.path())
+        .args(["--home", "node", "run"])
+        .env_remove("RUST_LOG")
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let state_file = base.path().join("node/state.json");
+    let ready = support::poll_until(support::READY_TIMEOUT, || {
+        let text = std::fs::read_to_string(&state_file).ok()?;
+        serde_json::from_str::<support::State>(&text).ok()
+    });
+    let (state, _) = ready.expect("the daemon is ready");
+    assert!(state.control.is_absolute(), "{:?}", state.control);
+    // From another directory, by the absolute home.
+    let out = support::peerup(&base.path().join("node"), &["status"]);
+    let _ = child.kill();
+    let output = child.wait_with_output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let log = String::from_utf8_lossy(&output.stderr);
+    assert!(log.contains("ready") && !log.contains('\u{1b}'), "no ANSI colour into a pipe: {log}");
+}

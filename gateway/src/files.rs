@@ -145,10 +145,13 @@ pub struct Home {
 
 impl Home {
     /// `explicit` comes from `--home` or `PEERUP_HOME`; otherwise the platform config dir.
+    /// The path is made absolute (against the current directory), so everything derived from
+    /// it — the control socket named in state.json among them — works from any directory.
     pub fn new(explicit: Option<PathBuf>) -> Home {
         let dir = explicit.unwrap_or_else(|| {
             dirs::config_dir().unwrap_or_else(|| PathBuf::from(".config")).join("peerup")
         });
+        let dir = std::path::absolute(&dir).unwrap_or(dir);
         Home { dir }
     }
 

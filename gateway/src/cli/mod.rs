@@ -136,10 +136,11 @@ pub fn main() -> ExitCode {
     let result = match cli.command {
         Command::Init => admin::init(&home),
         Command::Id { json } => admin::id(&home, json),
-        Command::Run => {
-            runtime().and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage))
-        }
-        Command::Relay => runtime()
+        Command::Run => refuse_key_log()
+            .and_then(|()| runtime())
+            .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage)),
+        Command::Relay => refuse_key_log()
+            .and_then(|()| runtime())
             .and_then(|rt| rt.block_on(crate::relay::daemon::run(home)).map_err(Failure::usage)),
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status::run(&home, json))),
         Command::Auth { action } => admin::auth(&home, action),
@@ -165,6 +166,19 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// libp2p's TLS writes every session key to the file named by `SSLKEYLOGFILE`; a daemon must
+/// never leak its keys that way, and the variable cannot be removed from inside (unsafe code is
+/// forbidden here), so the daemon refuses to start while it is set.
+fn refuse_key_log() -> Result<(), Failure> {
+    match std::env::var_os("SSLKEYLOGFILE") {
+        Some(_) => Err(Failure::usage(
+            "SSLKEYLOGFILE is set: the TLS library would write this daemon's session keys to \
+             that file; unset it (`env -u SSLKEYLOGFILE peerup ...`) and start again",
+        )),
+        None => Ok(()),
+    }
+}
+
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
@@ -185,6 +199,11 @@ fn init_logging(verbose: u8, quiet: bool) {
         "warn,peerup={ours},peerup_gateway={ours},peerup_proxy={ours},peerup_resolver={ours}"
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    let _ =
-        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).try_init();
+    // Colour only for a person at a terminal, never into a log file or a pipe.
+    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_ansi(colour)
+        .try_init();
 }
