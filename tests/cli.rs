@@ -166,6 +166,7 @@ fn the_shipped_configs_pass_config_check() {
         let home = Home::init();
         std::fs::copy(root.join(example), home.file("config.yaml")).unwrap();
         home.write_private("ssh_authorized_keys", "");
+        home.write_private("relay_authorized_keys", "");
         let out = peerup(home.path(), &["config", "check"]);
         assert!(out.status.success(), "{example}: {}", stderr(&out));
     }
@@ -255,4 +256,18 @@ fn a_daemon_refuses_to_start_while_sslkeylogfile_is_set() {
     assert_eq!(out.status.code(), Some(2));
     assert!(stderr(&out).contains("SSLKEYLOGFILE is set"), "{}", stderr(&out));
     assert!(!keylog.exists());
+}
+
+#[test]
+fn config_check_says_when_there_is_no_config_or_no_relay_member_list() {
+    let home = Home::init();
+    std::fs::remove_file(home.file("config.yaml")).unwrap();
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no config.yaml"), "{}", stderr(&out));
+    std::fs::write(home.file("config.yaml"), "relay:\n  listen: [/ip4/0.0.0.0/tcp/4101]\n")
+        .unwrap();
+    let out = peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no member list"), "{}", stderr(&out));
 }

@@ -228,12 +228,27 @@ fn tell_daemon(home: &Home) {
 }
 
 pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
+    let path = home.config();
+    let text = match files::read_checked_text(&path, files::Kind::Config) {
+        Ok(text) => text,
+        Err(e) if e.is_not_found() => {
+            return Err(Failure::usage(format!(
+                "no config.yaml at {}: `peerup run` would start on the embedded defaults \
+                 (configs/peerup.yaml); `peerup init` writes one",
+                path.display()
+            )));
+        }
+        Err(e) => return Err(Failure::usage(e)),
+    };
     // Everything `peerup run` loads, loaded the same way.
     let Loaded { config, lists, names, .. } = load(home).map_err(Failure::usage)?;
-    // The relay's member list matters only where `peerup relay` runs: check it if present.
+    // The relay's member list matters where `peerup relay` runs: a home whose config has a
+    // `relay:` section needs one, as `peerup relay` refuses to start without it.
     let members = home.join(&config.relay.authorized_keys);
     if members.exists() {
         load_keys(&members).map_err(Failure::usage)?;
+    } else if text.lines().any(|line| line.starts_with("relay:")) {
+        return Err(Failure::usage(crate::runtime::StartError::NoMembers(members)));
     }
     let _ = writeln!(
         std::io::stdout(),
