@@ -116,9 +116,7 @@ fn a_group_writable_authorized_keys_or_home_is_refused() {
     assert!(err.contains(&format!("chmod go-w {}", keys.display())), "{err}");
     std::fs::set_permissions(&keys, std::fs::Permissions::from_mode(0o600)).unwrap();
     std::fs::set_permissions(home.path(), std::fs::Permissions::from_mode(0o777)).unwrap();
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("chmod go-w"), "{}", stderr(&out));
+    check_fails(home.path(), "chmod go-w");
 }
 
 #[test]
@@ -208,9 +206,7 @@ fn a_peer_listed_twice_is_refused_with_both_lines() {
     let home = Home::init();
     let other = Home::init();
     home.write_private("authorized_keys", &format!("{0}\n{0} # again\n", other.peer_id));
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("lines 1 and 2"), "{}", stderr(&out));
+    check_fails(home.path(), "lines 1 and 2");
 }
 
 #[test]
@@ -219,9 +215,7 @@ fn every_file_goes_through_the_checked_reader() {
     std::fs::write(home.file("config.yaml"), "mdns: false\n").unwrap();
     std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o666))
         .unwrap();
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2), "a world-writable config.yaml is refused");
-    assert!(stderr(&out).contains("chmod go-w"), "{}", stderr(&out));
+    check_fails(home.path(), "chmod go-w");
     std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o644))
         .unwrap();
     // A FIFO as names.yaml must not block start-up; a symlink to a device must not be read.
@@ -232,14 +226,10 @@ fn every_file_goes_through_the_checked_reader() {
             .unwrap()
             .success()
     );
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    check_fails(home.path(), "not a regular file");
     std::fs::remove_file(home.file("names.yaml")).unwrap();
     std::os::unix::fs::symlink("/dev/urandom", home.file("names.yaml")).unwrap();
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("not a regular file"), "{}", stderr(&out));
+    check_fails(home.path(), "not a regular file");
 }
 
 #[test]
@@ -262,12 +252,15 @@ fn a_daemon_refuses_to_start_while_sslkeylogfile_is_set() {
 fn config_check_says_when_there_is_no_config_or_no_relay_member_list() {
     let home = Home::init();
     std::fs::remove_file(home.file("config.yaml")).unwrap();
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no config.yaml"), "{}", stderr(&out));
+    check_fails(home.path(), "no config.yaml");
     std::fs::write(home.file("config.yaml"), "relay:\n  listen: [/ip4/0.0.0.0/tcp/4101]\n")
         .unwrap();
-    let out = peerup(home.path(), &["config", "check"]);
-    assert_eq!(out.status.code(), Some(2));
-    assert!(stderr(&out).contains("no member list"), "{}", stderr(&out));
+    check_fails(home.path(), "no member list");
+}
+
+/// `peerup config check` fails with exit 2 and a line containing `needle`.
+fn check_fails(home: &std::path::Path, needle: &str) {
+    let out = peerup(home, &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains(needle), "{}", stderr(&out));
 }

@@ -118,7 +118,7 @@ async fn apps_that_close_before_a_large_reply_leave_nothing_open_on_the_serving_
         assert!(matches!(end, End::Reset(_)), "the service saw {end:?}: its reply was cut");
     }
     let (_, took) = poll_until(BOUND, || {
-        let status = a.status(home_a.path());
+        let status = support::status(home_a.path());
         (status["tunnels"] == 0).then_some(())
     })
     .expect("A holds no tunnel");
@@ -156,7 +156,7 @@ async fn a_frozen_peer_is_noticed_and_its_tunnels_reset_then_the_next_connect_di
     );
     // The dead connection is aborted, not left closing until TCP gives up.
     let (_, closed) = poll_until(BOUND, || {
-        let status = pair.b.status(pair.home_b.path());
+        let status = support::status(pair.home_b.path());
         let peers = status["peers"].as_array().cloned().unwrap_or_default();
         peers.iter().all(|p| p["peer"] != pair.home_a.peer_id.as_str()).then_some(())
     })

@@ -60,14 +60,14 @@ impl Relay {
     }
 }
 
-/// The member's reservation state, as `peerup status` reports it.
+/// The member's reservation state, as `peerup status` reports it (the member always runs).
 fn reservation(member: &Home) -> String {
-    let out = peerup(member.path(), &["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    let status = support::status(member.path());
     status["reservations"][0]["state"].as_str().unwrap_or("none").to_owned()
 }
 
-/// Whether the relay running in `relay` holds a reservation for `member`.
+/// Whether the relay running in `relay` holds a reservation for `member`; a relay that does not
+/// answer (it is still starting) holds none yet.
 fn holds_reservation(relay: &Home, member: &Home) -> bool {
     let out = peerup(relay.path(), &["status", "--json"]);
     let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
@@ -136,8 +136,7 @@ fn a_member_removed_from_the_relays_list_loses_its_reservation_at_once() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let (_, took) = poll_until(BOUND, || (reservation(&member) != "reserved").then_some(()))
         .unwrap_or_else(|| panic!("the reservation ended\n{}", relay_daemon.log.text()));
-    let status = peerup(relay.home.path(), &["status", "--json"]);
-    let status: serde_json::Value = serde_json::from_slice(&status.stdout).unwrap();
+    let status = support::status(relay.home.path());
     assert_eq!(status["members_connected"], 0, "{status}");
     report(format!(
         "relay: a removed member lost its reservation {:.0} ms after auth remove",

@@ -38,6 +38,14 @@ async fn until_reset(socket: &mut TcpStream) -> std::io::Error {
     }
 }
 
+/// A revoked tunnel: reset (never a clean end), and the next connect is not allowed.
+async fn assert_revoked(pair: &Pair, socket: &mut TcpStream, port: u16) {
+    let error = until_reset(socket).await;
+    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+    let next = socks::connect(pair.b.socks(), "home.alice.p2p", port).await.err();
+    assert_eq!(next, Some(0x02), "the next connect is not allowed");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn auth_remove_resets_the_peers_tunnels_and_refuses_its_next_connect() {
     let (hose, _ends) = services::firehose(u64::MAX).await;
@@ -53,11 +61,8 @@ async fn auth_remove_resets_the_peers_tunnels_and_refuses_its_next_connect() {
         "auth says the daemon applied it: {}",
         String::from_utf8_lossy(&out.stderr)
     );
-    let error = until_reset(&mut socket).await;
-    assert_eq!(error.kind(), ErrorKind::ConnectionReset, "{error}");
+    assert_revoked(&pair, &mut socket, hose.port()).await;
     let delay = removed.elapsed();
-    let next = socks::connect(pair.b.socks(), "home.alice.p2p", hose.port()).await.err();
-    assert_eq!(next, Some(0x02), "the next connect is not allowed");
     report(format!(
         "reload: auth remove: tunnel reset {:.0} ms after the command started",
         delay.as_secs_f64() * 1000.0

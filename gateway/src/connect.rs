@@ -14,7 +14,7 @@
 
 use std::collections::HashMap;
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use libp2p::Stream;
 use peerup_proxy::dial::{self, DialError};
@@ -100,7 +100,6 @@ impl Gateway {
             direction: Direction::Out,
             service: None,
             local: None,
-            since: Instant::now(),
         });
         let mut stream = stream.compat();
         let exchange = async {

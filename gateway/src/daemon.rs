@@ -29,7 +29,7 @@ use crate::connect::Gateway;
 use crate::control::ControlServer;
 use crate::files::{self, Home};
 use crate::identity;
-use crate::node::{Handle, Keepalive, Node, NodeOptions};
+use crate::node::{Handle, Node, NodeOptions};
 use crate::protocol::frame::Reason;
 use crate::reload::Reload;
 pub use crate::runtime::StartError;
@@ -55,9 +55,13 @@ pub fn load(home: &Home) -> Result<Loaded, StartError> {
     home.check()?;
     let config = Config::load(&home.config())?;
     let keypair = identity::load(&home.identity())?;
-    let lists = AccessLists::load(home, &config)?;
-    let names = load_names(home, &config)?;
+    let (lists, names) = load_lists(home, &config)?;
     Ok(Loaded { config, keypair, lists, names })
+}
+
+/// What a running daemon reloads from its home: the allow lists and the local names.
+fn load_lists(home: &Home, config: &Config) -> Result<(AccessLists, LocalNames), StartError> {
+    Ok((AccessLists::load(home, config)?, load_names(home, config)?))
 }
 
 /// `names:` from config.yaml merged with names.yaml; a name in both is an error.
@@ -232,10 +236,7 @@ fn node_options(config: &Config) -> NodeOptions {
     NodeOptions {
         relays: config.all_relays(),
         mdns: config.mdns,
-        keepalive: Keepalive {
-            interval: config.limits.keepalive_interval.0,
-            timeout: config.limits.keepalive_timeout.0,
-        },
+        keepalive: config.limits.keepalive(),
     }
 }
 
@@ -293,8 +294,7 @@ impl Reload for GatewayReload {
         let home = &self.home;
         home.check().map_err(|e| e.to_string())?;
         let config = Config::load(&home.config()).map_err(|e| e.to_string())?;
-        let lists = AccessLists::load(home, &config).map_err(|e| e.to_string())?;
-        let names = load_names(home, &config).map_err(|e| e.to_string())?;
+        let (lists, names) = load_lists(home, &config).map_err(|e| e.to_string())?;
         let summary = format!(
             "{} global keys, {} services, {} local names",
             lists.global.len(),
@@ -324,7 +324,6 @@ impl Reload for GatewayReload {
     }
 
     fn next_expiry(&self) -> Option<SystemTime> {
-        let now = time::OffsetDateTime::now_utc();
-        self.shared.access.lists().next_expiry(now).map(SystemTime::from)
+        self.shared.access.next_expiry()
     }
 }

@@ -96,12 +96,7 @@ pub fn read_checked(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
     if kind == Kind::Secret && mode & 0o077 != 0 {
         return Err(FileError::KeyReadable { path: path.to_owned(), mode });
     }
-    if mode & 0o022 != 0 {
-        return Err(FileError::Writable { path: path.to_owned(), mode });
-    }
-    if meta.uid() != my_uid() && meta.uid() != 0 {
-        return Err(FileError::Owner { path: path.to_owned(), owner: meta.uid() });
-    }
+    check_owner_and_mode(path, &meta)?;
     let limit = kind.limit();
     if meta.len() > limit {
         let (kind, size) = (kind.name(), meta.len());
@@ -185,11 +180,16 @@ impl Home {
 /// Refuse a file or directory that group or others can write, or that another user owns (as
 /// sshd's StrictModes: whoever owns it can change it).
 pub fn check_not_writable(path: &Path) -> Result<(), FileError> {
-    use std::os::unix::fs::MetadataExt;
     let meta = fs::metadata(path).map_err(|e| FileError::io(path, e))?;
-    let mode = meta.mode();
+    check_owner_and_mode(path, &meta)
+}
+
+/// StrictModes on metadata already read: not writable by group or others, owned by us or root.
+fn check_owner_and_mode(path: &Path, meta: &fs::Metadata) -> Result<(), FileError> {
+    use std::os::unix::fs::MetadataExt;
+    let mode = meta.mode() & 0o777;
     if mode & 0o022 != 0 {
-        return Err(FileError::Writable { path: path.to_owned(), mode: mode & 0o777 });
+        return Err(FileError::Writable { path: path.to_owned(), mode });
     }
     if meta.uid() != my_uid() && meta.uid() != 0 {
         return Err(FileError::Owner { path: path.to_owned(), owner: meta.uid() });

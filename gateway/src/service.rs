@@ -233,7 +233,6 @@ impl ServiceHost {
             direction: Direction::In,
             service: Some(service.name.clone()),
             local: Some(service.local.clone()),
-            since: Instant::now(),
         });
         // The same for a reload that removed or moved the service in between.
         let current = self.table().find(&request).is_some_and(|now| now.local == service.local);

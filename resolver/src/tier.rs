@@ -176,14 +176,6 @@ impl ReloadableNames {
     pub fn replace(&self, names: LocalNames) {
         *self.0.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(names);
     }
-
-    pub fn len(&self) -> usize {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
 }
 
 impl Resolve for ReloadableNames {

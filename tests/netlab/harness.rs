@@ -8,23 +8,14 @@ use std::process::{Command, Stdio};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::time::{Duration, Instant};
 
-use crate::support::{BIN, Daemon, Home, peerup};
+pub use crate::support::report;
+use crate::support::{BIN, Daemon, Home};
 
 pub const RELAY_IP: &str = "198.18.0.10";
 /// Inside the relay's own namespace nothing else listens, so its production port is safe, and a
 /// fixed port lets a restarted relay come back where its members look for it.
 pub const RELAY_PORT: u16 = 4101;
 pub const BIG: usize = 64 << 20;
-
-/// Print a measurement, and keep it in target/tmp/netlab-timings.txt (`make test` shows it).
-pub fn report(line: String) {
-    use std::io::Write;
-    eprintln!("{line}");
-    let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("netlab-timings.txt");
-    if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
-        let _ = writeln!(file, "{line}");
-    }
-}
 
 /// A lab, torn down on drop.
 pub struct Lab {
@@ -190,9 +181,7 @@ impl Drop for WebServer {
 
 /// `peerup status --json` of a running daemon.
 pub fn status(home: &Home) -> serde_json::Value {
-    let out = peerup(home.path(), &["status", "--json"]);
-    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-    serde_json::from_slice(&out.stdout).expect("status is JSON")
+    crate::support::status(home.path())
 }
 
 /// Poll `check` until it holds or `limit` passes; returns the time it took.
@@ -200,16 +189,9 @@ pub fn wait_until(what: &str, limit: Duration, check: impl FnMut() -> bool) -> D
     poll_until(limit, check).unwrap_or_else(|| panic!("{what}: not within {limit:?}"))
 }
 
-/// Poll `check` every 50 ms until it holds (the time it took) or `limit` passes (`None`).
+/// Poll `check` until it holds (the time it took) or `limit` passes (`None`).
 pub fn poll_until(limit: Duration, mut check: impl FnMut() -> bool) -> Option<Duration> {
-    let start = Instant::now();
-    while !check() {
-        if start.elapsed() >= limit {
-            return None;
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    Some(start.elapsed())
+    crate::support::poll_until(limit, || check().then_some(())).map(|((), took)| took)
 }
 
 pub fn reserved(home: &Home) -> bool {

@@ -179,13 +179,6 @@ impl Daemon {
         Daemon { child, log, state }
     }
 
-    /// `peerup status --json` of this daemon.
-    pub fn status(&self, home: &Path) -> serde_json::Value {
-        let out = peerup(home, &["status", "--json"]);
-        assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
-        serde_json::from_slice(&out.stdout).expect("status is JSON")
-    }
-
     /// Send a signal (`KILL`, `STOP`, `CONT`, `HUP`...).
     pub fn signal(&self, name: &str) {
         let pid = self.child.id().to_string();
@@ -289,6 +282,13 @@ impl Pair {
         let b = Daemon::start(&home_b);
         Pair { home_a, home_b, a, b }
     }
+}
+
+/// `peerup status --json` of the daemon running in `home`; it must answer.
+pub fn status(home: &Path) -> serde_json::Value {
+    let out = peerup(home, &["status", "--json"]);
+    assert!(out.status.success(), "status: {}", String::from_utf8_lossy(&out.stderr));
+    serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
 /// Print a measured figure and keep it in target/tmp/measured.txt (`make test` shows it).

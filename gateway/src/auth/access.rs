@@ -158,6 +158,11 @@ impl Access {
         self.lists.read().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
+    /// The next moment (wall clock) at which some access in force ends.
+    pub fn next_expiry(&self) -> Option<std::time::SystemTime> {
+        self.lists().next_expiry(OffsetDateTime::now_utc()).map(std::time::SystemTime::from)
+    }
+
     /// Put new lists in force (a reload); the caller then resets what they no longer allow.
     pub fn replace(&self, lists: AccessLists) {
         *self.lists.write().unwrap_or_else(|e| e.into_inner()) = Arc::new(lists);

@@ -211,10 +211,8 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
 /// (it would also notice the file within a second), and say what it answered.
 fn tell_daemon(home: &Home) {
     let Some(state) = State::read(home) else { return };
-    let asked = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .map(|rt| rt.block_on(crate::control::request(&state.control, "reload")));
+    let asked =
+        super::runtime().map(|rt| rt.block_on(crate::control::request(&state.control, "reload")));
     match asked {
         Ok(Ok(answer)) if answer.get("reloaded").is_some() => {
             eprintln!("the running daemon applied it");

@@ -257,12 +257,11 @@ mod tests {
     }
 
     #[test]
-    fn deep_nesting_is_refused_quickly_and_quoted_brackets_do_not_count() {
-        let started = std::time::Instant::now();
+    fn deep_nesting_is_refused_before_parsing_and_quoted_brackets_do_not_count() {
+        // The pre-scan's error (at the 65th bracket), not the YAML parser's, which is quadratic.
         let deep = format!("names: {}", "[".repeat(500_000));
         let error = parse(&deep).unwrap_err().to_string();
         assert!(error.starts_with("config.yaml:1:72: nested deeper than 64"), "{error}");
-        assert!(started.elapsed() < Duration::from_secs(5), "linear");
         let quoted = format!(
             "# {}\nnames: {{}}\nsocks: {{ listen: \"127.0.0.1:1080\" }}\n",
             "[".repeat(100)

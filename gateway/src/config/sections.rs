@@ -223,6 +223,16 @@ impl Default for Socks {
     }
 }
 
+impl Limits {
+    /// The keep-alive every connection runs (see `node::swarm::Keepalive`).
+    pub fn keepalive(&self) -> crate::node::Keepalive {
+        crate::node::Keepalive {
+            interval: self.keepalive_interval.0,
+            timeout: self.keepalive_timeout.0,
+        }
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

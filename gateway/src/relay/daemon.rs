@@ -17,7 +17,7 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::files::Home;
 use crate::identity;
-use crate::node::{Handle, Keepalive};
+use crate::node::Handle;
 use crate::reload::Reload;
 use crate::runtime::{Ended, Parts, Runtime, StartError, State, warn_if_root};
 
@@ -53,10 +53,7 @@ impl RelayDaemon {
         let access = Arc::new(Access::new(AccessLists::members(&members)));
         let control = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
-        let keepalive = Keepalive {
-            interval: config.limits.keepalive_interval.0,
-            timeout: config.limits.keepalive_timeout.0,
-        };
+        let keepalive = config.limits.keepalive();
         let mut node = RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive)?;
         let listen: Vec<Multiaddr> = config.relay.listen.iter().map(|a| a.0.clone()).collect();
         let external: Vec<Multiaddr> =
@@ -112,7 +109,6 @@ impl Reload for MembersReload {
     }
 
     fn next_expiry(&self) -> Option<SystemTime> {
-        let now = time::OffsetDateTime::now_utc();
-        self.access.lists().next_expiry(now).map(SystemTime::from)
+        self.access.next_expiry()
     }
 }

@@ -73,7 +73,8 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
             head_len: 0,
             remaining: 0,
             read_end: false,
-            out: Vec::with_capacity(HEADER + WRITE_DATA),
+            // Grows to one frame on first write; idle tunnels hold no buffer.
+            out: Vec::new(),
             out_pos: 0,
             wrote_end: false,
             broken: false,

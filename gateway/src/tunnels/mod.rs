@@ -45,7 +45,6 @@ pub struct Info {
     /// Serving: the service, and the local address its tunnel connected.
     pub service: Option<ServiceName>,
     pub local: Option<HostPort>,
-    pub since: Instant,
 }
 
 #[derive(Debug)]
@@ -197,14 +196,7 @@ mod tests {
     use super::*;
 
     fn info(peer: PeerId, connection: ConnectionId) -> Info {
-        Info {
-            peer,
-            connection,
-            direction: Direction::In,
-            service: None,
-            local: None,
-            since: Instant::now(),
-        }
+        Info { peer, connection, direction: Direction::In, service: None, local: None }
     }
 
     #[test]
