@@ -192,9 +192,14 @@ impl Access {
         self.chosen.lock().unwrap_or_else(|e| e.into_inner()).insert(peer);
     }
 
+    /// Did we resolve a name to this peer (and so chose to reach it)?
+    pub fn chose(&self, peer: &PeerId) -> bool {
+        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).set.contains(peer)
+    }
+
     /// May we dial this peer? `connected` says whether a connection to it already exists.
     pub fn may_dial(&self, peer: &PeerId, connected: bool) -> bool {
-        self.chosen.lock().unwrap_or_else(|e| e.into_inner()).set.contains(peer)
+        self.chose(peer)
             || self.lists().relays.contains(peer)
             || (connected && self.may_connect(peer))
     }

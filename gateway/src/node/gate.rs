@@ -2,7 +2,10 @@
 //!
 //! Inbound, a peer in none of our lists (global, any service's, the configured relays) is
 //! refused right after the security handshake proved its peer ID, before any stream: the
-//! connection is closed and the refusal logged. Outbound, we only dial peers we chose (see
+//! connection is closed and the refusal logged. A peer we chose to reach (we resolved a name to
+//! it) is let in too: hole punching has both ends dial at once, so the direct connection to a
+//! peer we reach may well arrive as inbound. It gets a connection, not a service: every stream
+//! is still checked against the service's list. Outbound, we only dial peers we chose (see
 //! [`Access::may_dial`]). Per-service checks happen again on every stream (the service host).
 
 use std::collections::HashMap;
@@ -103,7 +106,7 @@ impl NetworkBehaviour for Gate {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if self.access.may_connect(&peer) {
+        if self.access.may_connect(&peer) || self.access.chose(&peer) {
             return Ok(dummy::ConnectionHandler);
         }
         if self.should_log_refusal(peer) {

@@ -31,6 +31,7 @@ use std::time::{Duration, Instant, SystemTime};
 use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
+use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
 use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, noise, ping, relay, tcp, tls};
 use tokio::sync::{mpsc, watch};
@@ -318,7 +319,9 @@ impl Node {
         match event {
             SwarmEvent::NewListenAddr { listener_id, address } => {
                 info!(%address, "listening");
-                self.reservations.on_listen_addr(listener_id);
+                if let Some((relay, addrs)) = self.reservations.on_listen_addr(listener_id) {
+                    self.learn_addresses(relay, addrs);
+                }
                 self.publish_addresses();
             }
             SwarmEvent::ExpiredListenAddr { .. } => self.publish_addresses(),
@@ -380,6 +383,21 @@ impl Node {
                 }
             }
             _ => {}
+        }
+    }
+
+    /// Dial a relay on its other transports, so identify reports our address on each (see
+    /// [`reservations`]). A failure costs nothing: hole punching then has fewer addresses.
+    fn learn_addresses(&mut self, relay: PeerId, addrs: Vec<Multiaddr>) {
+        for addr in addrs {
+            debug!(%relay, %addr, "dialling the relay on another transport");
+            let opts = DialOpts::peer_id(relay)
+                .addresses(vec![addr])
+                .condition(PeerCondition::Always)
+                .build();
+            if let Err(error) = self.swarm.dial(opts) {
+                debug!(%relay, %error, "cannot dial the relay on another transport");
+            }
         }
     }
 

@@ -9,16 +9,26 @@
 //! One reservation per relay peer: a relay listed with several addresses (TCP and QUIC, say)
 //! gets one reservation on one connection, and a failed attempt moves on to its next address.
 //! (Two reservations on one relay would share a connection and displace each other.)
+//!
+//! Once a reservation is held, the relay's addresses on the other transports are dialled too
+//! ([`Reservations::on_listen_addr`] returns them): each connection teaches identify the address
+//! the relay sees for that transport, and hole punching tries every transport it has an address
+//! for. This matters for TCP: when one side's NAT lets any packet in (full cone, or no NAT), its
+//! listener can accept the other side's punch before its own dial leaves, and both ends of that
+//! connection then wait as listeners until the handshake times out. QUIC has no such race (the
+//! side that punches only sends noise and waits to be dialled), so with both addresses the punch
+//! succeeds on whichever transport gets through first.
 
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::core::transport::ListenerId;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::NetworkBehaviour;
-use libp2p::{PeerId, Swarm};
+use libp2p::{Multiaddr, PeerId, Swarm};
 use serde::Serialize;
 use tracing::{debug, info, warn};
 
+use super::swarm::transport_of;
 use crate::config::RelayAddr;
 
 const FIRST_BACKOFF: Duration = Duration::from_millis(250);
@@ -104,14 +114,31 @@ impl Reservations {
     }
 
     /// A listener reported an address: for a relay listener, the reservation is in place.
-    pub fn on_listen_addr(&mut self, id: ListenerId) {
-        if let Some(slot) = self.slots.iter_mut().find(|s| s.listener == Some(id)) {
-            if slot.reserved_since.is_none() {
-                info!(relay = %slot.relay.peer, addr = %slot.relay.addr, "reservation held");
-                slot.reserved_since = Some(SystemTime::now());
-            }
-            slot.failures = 0;
+    /// Returns, when it was just taken, the relay's addresses on the other transports (one each),
+    /// for the caller to dial.
+    pub fn on_listen_addr(&mut self, id: ListenerId) -> Option<(PeerId, Vec<Multiaddr>)> {
+        let slot = self.slots.iter_mut().find(|s| s.listener == Some(id))?;
+        slot.failures = 0;
+        if slot.reserved_since.is_some() {
+            return None;
         }
+        info!(relay = %slot.relay.peer, addr = %slot.relay.addr, "reservation held");
+        slot.reserved_since = Some(SystemTime::now());
+        let mut seen = vec![transport_of(&slot.relay.addr)];
+        let others = slot
+            .addrs
+            .iter()
+            .filter(|relay| {
+                let transport = transport_of(&relay.addr);
+                let new = !seen.contains(&transport);
+                if new {
+                    seen.push(transport);
+                }
+                new
+            })
+            .map(|relay| relay.full())
+            .collect();
+        Some((slot.relay.peer, others))
     }
 
     /// A listener closed: for a relay listener, schedule the next attempt.
