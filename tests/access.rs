@@ -252,3 +252,25 @@ async fn a_peer_we_chose_to_reach_may_connect_back_but_gets_no_service() {
     );
     assert!(checked.is_some(), "C checked A's stream, not just its handshake:\n{}", c.log.text());
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_hostname_with_control_characters_cannot_forge_a_log_line() {
+    let home = Home::init();
+    home.write_config("");
+    let node = Daemon::start(&home);
+    let forged = "nosuch.lab.p2p\x1b[2J\r\n2026-01-01T00:00:00Z  INFO FAKE LOG LINE peer=x\u{202e}";
+    let reply = socks::connect(node.socks(), forged, 80).await.err();
+    assert!(reply.is_some(), "an unknown name fails");
+    let logged = node.log.wait_for(|l| l.contains("FAKE LOG LINE"), Duration::from_secs(10));
+    let logged = logged.unwrap_or_else(|| panic!("the failure is logged:\n{}", node.log.text()));
+    assert!(logged.contains("connect failed"), "the name stays inside its own line: {logged:?}");
+    assert!(
+        logged.contains(r"\u{1b}[2J\r\n") && logged.contains(r"\u{202e}"),
+        "control characters are written escaped: {logged:?}"
+    );
+    let text = node.log.text();
+    assert!(!text.contains('\x1b') && !text.contains('\u{202e}'), "no raw escapes:\n{text:?}");
+    let forged_lines: Vec<_> =
+        node.log.lines().into_iter().filter(|l| l.starts_with("2026-01-01")).collect();
+    assert!(forged_lines.is_empty(), "no line of the attacker's: {forged_lines:?}");
+}

@@ -36,6 +36,7 @@ pub mod control;
 pub mod daemon;
 pub mod files;
 pub mod identity;
+pub mod logging;
 pub mod node;
 pub mod protocol;
 pub mod relay;

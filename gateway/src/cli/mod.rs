@@ -131,7 +131,7 @@ pub fn exit_code(kind: FailureKind) -> u8 {
 
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
-    init_logging(cli.verbose, cli.quiet);
+    crate::logging::init(cli.verbose, cli.quiet);
     let home = Home::new(cli.home);
     let result = match cli.command {
         Command::Init => admin::init(&home),
@@ -186,24 +186,3 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))
 }
 
-fn init_logging(verbose: u8, quiet: bool) {
-    use tracing_subscriber::EnvFilter;
-    let ours = match (quiet, verbose) {
-        (true, _) => "warn",
-        (false, 0) => "info",
-        (false, 1) => "debug",
-        (false, _) => "trace",
-    };
-    // libp2p is chatty at info; our own crates follow -v/-q. RUST_LOG overrides both.
-    let default = format!(
-        "warn,peerup={ours},peerup_gateway={ours},peerup_proxy={ours},peerup_resolver={ours}"
-    );
-    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
-    // Colour only for a person at a terminal, never into a log file or a pipe.
-    let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_writer(std::io::stderr)
-        .with_ansi(colour)
-        .try_init();
-}
