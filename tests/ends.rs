@@ -230,3 +230,50 @@ async fn a_killed_client_daemon_resets_the_apps_socket() {
     let (_, end) = read_to_end_or_reset(&mut socket, 0).await;
     assert_eq!(end.map_err(|e| e.kind()), Err(ErrorKind::ConnectionReset), "not a clean EOF");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn each_side_logs_one_line_when_a_tunnel_ends_and_how_it_ended() {
+    let echo = services::echo().await;
+    let pair = pair_serving("echo", echo, "");
+    let (a_id, b_id) = (pair.home_a.peer_id.clone(), pair.home_b.peer_id.clone());
+    let target = format!("target=home.alice.p2p:{}", echo.port());
+
+    // A clean end: 5 bytes each way, then both directions closed.
+    let mut socket = socks::connect(pair.b.socks(), "home.alice.p2p", echo.port()).await.unwrap();
+    socket.write_all(b"hello").await.unwrap();
+    socket.shutdown().await.unwrap();
+    let (got, end) = read_to_end_or_reset(&mut socket, 0).await;
+    assert_eq!((got, end.is_ok()), (5, true));
+    let opener = pair.b.log.wait_for(|l| l.contains("tunnel closed"), BOUND);
+    let opener = opener.unwrap_or_else(|| panic!("B logs the end:\n{}", pair.b.log.text()));
+    for field in [&format!("peer={a_id}"), &target, "sent=5", "received=5", "duration="] {
+        assert!(opener.contains(field), "B's line has {field}: {opener}");
+    }
+    let server = pair.a.log.wait_for(|l| l.contains("tunnel closed"), BOUND);
+    let server = server.unwrap_or_else(|| panic!("A logs the end:\n{}", pair.a.log.text()));
+    for field in [&format!("peer={b_id}"), "service=\"echo\"", "sent=5", "received=5"] {
+        assert!(server.contains(field), "A's line has {field}: {server}");
+    }
+
+    // An app that resets: both sides say reset, and where it began.
+    let socket = socks::connect(pair.b.socks(), "home.alice.p2p", echo.port()).await.unwrap();
+    socket.set_zero_linger().unwrap();
+    drop(socket);
+    let opener = pair.b.log.wait_for(|l| l.contains("tunnel reset"), BOUND);
+    let opener = opener.unwrap_or_else(|| panic!("B logs the reset:\n{}", pair.b.log.text()));
+    assert!(opener.contains("at=\"socket\"") && opener.contains(&target), "{opener}");
+    let server = pair.a.log.wait_for(|l| l.contains("tunnel reset"), BOUND);
+    let server = server.unwrap_or_else(|| panic!("A logs the reset:\n{}", pair.a.log.text()));
+    assert!(server.contains("at=\"tunnel\""), "{server}");
+
+    // One line per tunnel per side, and no handshake refusal anywhere.
+    for (who, log) in [("A", &pair.a.log), ("B", &pair.b.log)] {
+        let ends = log
+            .lines()
+            .iter()
+            .filter(|l| l.contains("tunnel closed") || l.contains("tunnel reset"))
+            .count();
+        assert_eq!(ends, 2, "{who} logs two ends for two tunnels:\n{}", log.text());
+        assert!(!log.text().contains("refused connection"), "{who}: no refusal:\n{}", log.text());
+    }
+}

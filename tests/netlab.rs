@@ -60,6 +60,14 @@ fn goes_direct(test: &str, mode_a: &str, mode_b: &str) {
         sha2::Sha256::digest(std::fs::read(long_out.path()).unwrap()).to_vec()
     };
     assert_eq!(long_digest, net.big_digest(), "the long transfer finished on the relay, intact");
+    // Both ends dialled for the punch; neither refused the other's half of it.
+    for (who, log) in [("A", &net.a.log), ("B", &net.b.log)] {
+        assert!(
+            !log.text().contains("refused connection at the handshake"),
+            "{who} refused none of the punch:\n{}",
+            net.logs()
+        );
+    }
     let relayed = circuit_bytes(&net.relay_home);
     assert!(
         relayed >= BIG as u64,

@@ -75,6 +75,7 @@ impl Gateway {
             .map_err(|e| ConnectError::new(FailureKind::NoSuchName, e.to_string()))?;
         let peer = resolution.peer;
         debug!(%name, %peer, tier = %resolution.tier, "resolved");
+        tracing::Span::current().record("peer", tracing::field::display(peer));
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));

@@ -261,7 +261,7 @@ impl ServiceHost {
         }
         let started = Instant::now();
         let outcome = bridge(Framed::new(stream, Some(guard)), local, &abort).await;
-        tunnels::log_end(&outcome, started, tunnels::TunnelLeg::A);
+        peerup_proxy::log_tunnel_end(&outcome, started, peerup_proxy::Side::A);
     }
 
     async fn connect_local(&self, local: &HostPort) -> Result<TcpStream, Response> {

@@ -14,7 +14,7 @@ use std::future::{Future, poll_fn};
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
@@ -34,6 +34,11 @@ const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
     /// Called once before bytes flow (a TCP socket arms its reset-on-crash here).
     fn start(&mut self) {}
+
+    /// A tunnel to a peer, whose end the front end logs at INFO (a plain socket's at DEBUG).
+    fn is_tunnel(&self) -> bool {
+        false
+    }
 
     /// An abnormal end noticed outside reads and writes: a kill switch (access revoked, path
     /// lost), or the far end failing after its clean end was read. Polled on every wake.
@@ -83,6 +88,13 @@ impl<L: Leg, R: Leg> Leg for Either<L, R> {
         match self {
             Either::Left(l) => l.start(),
             Either::Right(r) => r.start(),
+        }
+    }
+
+    fn is_tunnel(&self) -> bool {
+        match self {
+            Either::Left(l) => l.is_tunnel(),
+            Either::Right(r) => r.is_tunnel(),
         }
     }
 
@@ -373,6 +385,37 @@ mod tests {
         for socket in [&mut client, &mut server] {
             let read = socket.read(&mut buf).await.map_err(|e| e.kind());
             assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
+        }
+    }
+}
+
+/// One INFO line when a tunnel ends, on either side (the caller's span names the peer and the
+/// service or target): bytes sent to and received from the peer, how long it lasted, and how it
+/// ended; for a reset, `at` says where it began (`here`: a kill switch or our shutdown;
+/// `tunnel`: the peer or the path; `socket`: the local app or service). `tunnel` is the
+/// bridge's side that is the tunnel stream.
+pub fn log_tunnel_end(outcome: &Result<Carried, Aborted>, started: Instant, tunnel: Side) {
+    let duration = format!("{:.3}s", started.elapsed().as_secs_f64());
+    let carried = match outcome {
+        Ok(carried) => carried,
+        Err(aborted) => &aborted.carried,
+    };
+    let (received, sent) = match tunnel {
+        Side::B => (carried.b_to_a, carried.a_to_b),
+        Side::A | Side::Stop => (carried.a_to_b, carried.b_to_a),
+    };
+    match outcome {
+        Ok(_) => tracing::info!(sent, received, duration, "tunnel closed"),
+        Err(aborted) => {
+            // A kill switch (revoked, path lost) surfaces through the tunnel leg as "aborted".
+            let here = aborted.error.kind() == io::ErrorKind::ConnectionAborted;
+            let at = match aborted.side {
+                _ if here => "here",
+                Side::Stop => "here",
+                side if side == tunnel => "tunnel",
+                _ => "socket",
+            };
+            tracing::info!(sent, received, duration, at, error = %aborted.error, "tunnel reset");
         }
     }
 }

@@ -28,7 +28,7 @@ pub mod failure;
 pub mod socks;
 pub mod target;
 
-pub use bridge::{Aborted, BRIDGE_BUFFER, Carried, Leg, Plain, Side, bridge};
+pub use bridge::{Aborted, BRIDGE_BUFFER, Carried, Leg, Plain, Side, bridge, log_tunnel_end};
 pub use failure::{ConnectError, FailureKind};
 pub use socks::{Connector, SocksConfig, SocksServer};
 pub use target::Target;

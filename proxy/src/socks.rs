@@ -10,7 +10,7 @@ use std::future::Future;
 use std::io;
 use std::net::{Ipv4Addr, SocketAddr, SocketAddrV4};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use fast_socks5::Socks5Command;
 use fast_socks5::server::{Socks5ServerProtocol, SocksServerError};
@@ -21,7 +21,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
-use crate::bridge::{Leg, bridge};
+use crate::bridge::{Leg, Side, bridge, log_tunnel_end};
 use crate::failure::{ConnectError, FailureKind};
 use crate::target::Target;
 
@@ -99,7 +99,7 @@ impl SocksServer {
             };
             let connector = connector.clone();
             let timeout = self.config.handshake_timeout;
-            let span = info_span!("socks", %client);
+            let span = info_span!("socks", %client, target = tracing::field::Empty, peer = tracing::field::Empty);
             let abort = abort.clone();
             tasks.spawn(
                 async move {
@@ -139,10 +139,11 @@ async fn serve<C: Connector>(
             return;
         }
     };
-    let target_text = target.to_string();
+    // The span carries the target (and, once the connector resolved it, the peer) to every line.
+    tracing::Span::current().record("target", tracing::field::display(&target));
     match connector.connect(target).await {
         Err(error) => {
-            info!(target = %target_text, kind = %error.kind, reason = %error.message, "connect failed");
+            info!(kind = %error.kind, reason = %error.message, "connect failed");
             let _ = proto.reply_error(&error.kind.socks5_reply()).await;
             linger_close(socket).await;
         }
@@ -151,16 +152,17 @@ async fn serve<C: Connector>(
             if proto.reply_success(unspecified).await.is_err() {
                 return upstream.abort().await;
             }
-            debug!(target = %target_text, "connected");
-            match bridge(socket, upstream, abort).await {
-                Ok(carried) => debug!(
-                    target = %target_text,
-                    sent = carried.a_to_b,
-                    received = carried.b_to_a,
-                    "closed"
-                ),
+            let tunnel = upstream.is_tunnel();
+            debug!("connected");
+            let started = Instant::now();
+            let outcome = bridge(socket, upstream, abort).await;
+            if tunnel {
+                log_tunnel_end(&outcome, started, Side::B);
+                return;
+            }
+            match outcome {
+                Ok(carried) => debug!(sent = carried.a_to_b, received = carried.b_to_a, "closed"),
                 Err(aborted) => debug!(
-                    target = %target_text,
                     side = ?aborted.side,
                     error = %aborted.error,
                     sent = aborted.carried.a_to_b,

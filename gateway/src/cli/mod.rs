@@ -185,4 +185,3 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
         .build()
         .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))
 }
-

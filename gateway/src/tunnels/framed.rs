@@ -227,6 +227,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> AsyncWrite for Framed<T> {
 }
 
 impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
+    fn is_tunnel(&self) -> bool {
+        true
+    }
+
     fn poll_abnormal(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if self.killed.as_mut().poll(cx).is_ready() {
             let reason = self.switch.reason().unwrap_or(Reason::Shutdown);

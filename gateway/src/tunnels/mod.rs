@@ -14,11 +14,9 @@ mod framed;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Instant;
 
 use libp2p::PeerId;
 use libp2p::swarm::ConnectionId;
-use peerup_proxy::{Aborted, Carried};
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
@@ -151,43 +149,6 @@ impl Tunnels {
     /// Live tunnels with `peer`.
     pub fn count_peer(&self, peer: &PeerId) -> usize {
         self.lock().values().filter(|e| e.info.peer == *peer).count()
-    }
-}
-
-/// Which leg of the bridge is the tunnel stream.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum TunnelLeg {
-    A,
-    B,
-}
-
-/// One INFO line when a tunnel ends (the span says peer and service): bytes sent to and
-/// received from the peer, how long it lasted, and how it ended.
-pub fn log_end(outcome: &Result<Carried, Aborted>, started: Instant, tunnel: TunnelLeg) {
-    let duration = format!("{:.3}s", started.elapsed().as_secs_f64());
-    let carried = match outcome {
-        Ok(carried) => carried,
-        Err(aborted) => &aborted.carried,
-    };
-    let (received, sent) = match tunnel {
-        TunnelLeg::A => (carried.a_to_b, carried.b_to_a),
-        TunnelLeg::B => (carried.b_to_a, carried.a_to_b),
-    };
-    match outcome {
-        Ok(_) => info!(sent, received, duration, "tunnel closed"),
-        Err(aborted) => {
-            // A kill switch (revoked, path lost) surfaces through the tunnel leg as "aborted".
-            let here = aborted.error.kind() == std::io::ErrorKind::ConnectionAborted;
-            let at = match (aborted.side, tunnel) {
-                _ if here => "here",
-                (peerup_proxy::Side::Stop, _) => "here",
-                (peerup_proxy::Side::A, TunnelLeg::A) | (peerup_proxy::Side::B, TunnelLeg::B) => {
-                    "tunnel"
-                }
-                _ => "socket",
-            };
-            info!(sent, received, duration, at, error = %aborted.error, "tunnel reset");
-        }
     }
 }
 
