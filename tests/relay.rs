@@ -143,3 +143,52 @@ fn a_member_removed_from_the_relays_list_loses_its_reservation_at_once() {
         took.as_secs_f64() * 1000.0
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_relay_that_is_down_or_refuses_us_is_named_with_its_reason() {
+    let member = Home::init();
+    let other = Home::init();
+    let relay = Relay::new(&[&other.peer_id]);
+    member.write_config(&format!(
+        "networks:\n  lab: {{ relays: [{}] }}\nnames:\n  web.lab: {}\nlimits: {{ connect_timeout: 2s }}\n",
+        relay.addr("tcp"),
+        other.peer_id
+    ));
+    let m = Daemon::start(&member);
+    let why =
+        || support::status(member.path())["reservations"][0]["error"].as_str().map(str::to_owned);
+    let relay_id = relay.home.peer_id.clone();
+
+    // The relay is not running.
+    let (down, _) = poll_until(BOUND, || why().filter(|w| w.contains("refused")))
+        .unwrap_or_else(|| panic!("status says why there is no reservation\n{}", m.log.text()));
+    assert!(down.contains("is the relay running?"), "{down}");
+    let reply = support::socks::connect(m.socks(), "web.lab.p2p", 80).await.err();
+    assert_eq!(reply, Some(0x04), "host unreachable");
+    let line = m.log.wait_for(|l| l.contains("connect failed"), BOUND).unwrap();
+    assert!(
+        line.contains(&format!("through relay {relay_id}"))
+            && line.contains("is the relay running?"),
+        "{line}"
+    );
+    assert!(!line.contains("oneshot"), "{line}");
+
+    // The relay runs but we are not among its members.
+    let relay_daemon = relay.start();
+    let (refused, _) = poll_until(BOUND, || why().filter(|w| w.contains("member")))
+        .unwrap_or_else(|| panic!("status says we are no member\n{}", relay_daemon.log.text()));
+    let fix = format!("peerup auth add {} --relay", member.peer_id);
+    assert!(refused.contains(&fix), "{refused}");
+    let reply = support::socks::connect(m.socks(), "web.lab.p2p", 80).await.err();
+    assert_eq!(reply, Some(0x04), "host unreachable");
+    let line = m.log.wait_for(|l| l.contains("connect failed") && l.contains("member"), BOUND);
+    let line = line.unwrap_or_else(|| panic!("the failure names the reason\n{}", m.log.text()));
+    assert!(line.contains(&format!("through relay {relay_id}")) && line.contains(&fix), "{line}");
+
+    // Doing what it said gets the reservation, and the reason goes.
+    let out = peerup(relay.home.path(), &["auth", "add", &member.peer_id, "--relay"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    poll_until(BOUND, || (reservation(&member) == "reserved").then_some(()))
+        .unwrap_or_else(|| panic!("reserved once a member\n{}", m.log.text()));
+    assert_eq!(why(), None, "no reason left once reserved");
+}

@@ -79,7 +79,9 @@ impl Gateway {
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
-        let opened = match tokio::time::timeout(self.open_budget(), self.open(peer, addrs)).await {
+        let mut last_error = None;
+        let attempt = self.open(peer, addrs, &mut last_error);
+        let opened = match tokio::time::timeout(self.open_budget(), attempt).await {
             Ok(Ok(opened)) => opened,
             Ok(Err(error)) => {
                 return Err(ConnectError::new(failure_of_open(&error), format!("{name}: {error}")));
@@ -89,8 +91,9 @@ impl Gateway {
                 return Err(ConnectError::new(FailureKind::TimedOut, message));
             }
             Err(_) => {
+                let last = last_error.map(|e| format!(" (last attempt: {e})")).unwrap_or_default();
                 let message =
-                    format!("{name}: no path to {peer} within {:?}", self.connect_timeout);
+                    format!("{name}: no path to {peer} within {:?}{last}", self.connect_timeout);
                 return Err(ConnectError::new(FailureKind::Unreachable, message));
             }
         };
@@ -132,10 +135,12 @@ impl Gateway {
     /// being made (at start-up, after the relay restarted), and a connection through a relay
     /// that was restarted dies once the path is found dead; a moment later a new dial works.
     /// The caller bounds the whole attempt.
+    /// `last_error` keeps the latest failure, for the message when the deadline cuts retries.
     async fn open(
         &self,
         peer: libp2p::PeerId,
         addrs: Vec<libp2p::Multiaddr>,
+        last_error: &mut Option<OpenError>,
     ) -> Result<Opened, OpenError> {
         let mut backoff = Duration::from_millis(100);
         loop {
@@ -144,6 +149,7 @@ impl Gateway {
                     if backoff <= MAX_DIAL_BACKOFF =>
                 {
                     debug!(%peer, %error, ?backoff, "dial failed; trying again");
+                    *last_error = Some(error);
                     tokio::time::sleep(backoff).await;
                     backoff *= 2;
                 }

@@ -49,6 +49,9 @@ fn gateway_text(status: &NodeStatus) -> String {
                 "  {}  {:<9} {:>6}s  {}\n",
                 r.relay, r.state, r.age_secs, r.addr
             ));
+            if let Some(error) = &r.error {
+                out.push_str(&format!("    why: {error}\n"));
+            }
         }
     }
     out.push_str(&format!("peers: {}  tunnels: {}\n", status.peers.len(), status.tunnels));

@@ -16,6 +16,7 @@
 //! closed.
 
 pub mod command;
+mod dial_error;
 pub mod gate;
 pub mod liveness;
 pub mod muxer;
@@ -101,6 +102,10 @@ fn autonat_with_relays(peer: PeerId, relays: &[RelayAddr]) -> autonat::Behaviour
     autonat
 }
 
+/// A relay connection closed within this long of its handshake, with no reservation granted,
+/// was refused by the relay.
+const RELAY_REFUSAL_WITHIN: Duration = Duration::from_secs(2);
+
 /// A built node, not yet running.
 pub struct Node {
     swarm: Swarm<Behaviour>,
@@ -141,6 +146,8 @@ impl Node {
             false => None,
         };
         let autonat = autonat_with_relays(peer, &options.relays);
+        let reservations = Reservations::new(options.relays);
+        let health = reservations.health();
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -154,7 +161,7 @@ impl Node {
             .map_err(|e| build_error(&e))?
             .with_behaviour(move |key, relay_client| Behaviour {
                 gate,
-                tunnel: tunnel::Behaviour::new(inbound),
+                tunnel: tunnel::Behaviour::new(inbound, health),
                 relay_client,
                 dcutr: dcutr::Behaviour::new(peer),
                 autonat,
@@ -172,7 +179,7 @@ impl Node {
         Ok(Node {
             swarm,
             addrs,
-            reservations: Reservations::new(options.relays),
+            reservations,
             connections: HashMap::new(),
             liveness: liveness::Liveness::new(options.keepalive),
             closed: std::collections::VecDeque::new(),
@@ -341,6 +348,9 @@ impl Node {
             }
             SwarmEvent::ConnectionClosed { peer_id, connection_id, cause, .. } => {
                 debug!(peer = %peer_id, cause = ?cause, "connection closed");
+                if let Some(info) = self.connections.get(&connection_id) {
+                    self.relay_closed_early(peer_id, info.since);
+                }
                 self.connections.remove(&connection_id);
                 self.liveness.closed(connection_id);
                 let at = tokio::time::Instant::now() + CLOSED_GRACE;
@@ -351,6 +361,10 @@ impl Node {
             }
             SwarmEvent::OutgoingConnectionError { peer_id, error, .. } => {
                 debug!(peer = ?peer_id, %error, "outbound connection failed");
+                if let Some(relay) = peer_id.filter(|p| self.reservations.is_pending(p)) {
+                    let problem = dial_error::relay_problem(&error);
+                    self.reservations.on_relay_problem(&relay, problem);
+                }
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
@@ -398,6 +412,19 @@ impl Node {
             if let Err(error) = self.swarm.dial(opts) {
                 debug!(%relay, %error, "cannot dial the relay on another transport");
             }
+        }
+    }
+
+    /// A relay that closes our connection right after the handshake, before granting the
+    /// reservation we came for, has refused us: as our relay does for a peer outside its members.
+    fn relay_closed_early(&mut self, peer: PeerId, since: SystemTime) {
+        let brief = since.elapsed().is_ok_and(|lived| lived < RELAY_REFUSAL_WITHIN);
+        if brief && self.reservations.is_pending(&peer) {
+            let problem = format!(
+                "the relay closed the connection at the handshake: this node is not one of its members (on the relay: peerup auth add {} --relay)",
+                self.peer_id()
+            );
+            self.reservations.on_relay_problem(&peer, problem);
         }
     }
 

@@ -19,6 +19,8 @@
 //! side that punches only sends noise and waits to be dialled), so with both addresses the punch
 //! succeeds on whichever transport gets through first.
 
+use std::collections::HashMap;
+use std::sync::{Arc, RwLock};
 use std::time::{Duration, Instant, SystemTime};
 
 use libp2p::core::transport::ListenerId;
@@ -44,6 +46,34 @@ struct Slot {
     reserved_since: Option<SystemTime>,
     failures: u32,
     retry_at: Option<Instant>,
+    /// Why the last attempt failed, until a reservation is held again.
+    error: Option<String>,
+}
+
+/// Why each configured relay has no reservation, if it has none: read when a dial through a
+/// relay fails, so the failure says why (relay down, not a member) instead of libp2p's
+/// "oneshot canceled". Holds at most one entry per configured relay.
+#[derive(Debug, Clone, Default)]
+pub struct RelayHealth(Arc<RwLock<HashMap<PeerId, String>>>);
+
+impl RelayHealth {
+    /// The reason `relay` has no reservation, if we know it.
+    pub fn problem(&self, relay: &PeerId) -> Option<String> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(relay).cloned()
+    }
+
+    #[cfg(test)]
+    pub fn set_for_test(&self, relay: PeerId, problem: &str) {
+        self.set(relay, Some(problem.to_owned()));
+    }
+
+    fn set(&self, relay: PeerId, problem: Option<String>) {
+        let mut map = self.0.write().unwrap_or_else(|e| e.into_inner());
+        match problem {
+            Some(problem) => map.insert(relay, problem),
+            None => map.remove(&relay),
+        };
+    }
 }
 
 /// A reservation as `peerup status` shows it.
@@ -54,12 +84,16 @@ pub struct ReservationStatus {
     /// `reserved`, `pending` or `retrying`.
     pub state: String,
     pub age_secs: u64,
+    /// Why the last attempt failed (while not reserved).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
 }
 
 /// The reservations of one node.
 #[derive(Debug, Default)]
 pub struct Reservations {
     slots: Vec<Slot>,
+    health: RelayHealth,
 }
 
 impl Reservations {
@@ -76,10 +110,31 @@ impl Reservations {
                     reserved_since: None,
                     failures: 0,
                     retry_at: Some(Instant::now()),
+                    error: None,
                 }),
             }
         }
-        Reservations { slots }
+        Reservations { slots, health: RelayHealth::default() }
+    }
+
+    /// The shared view of why relays have no reservation.
+    pub fn health(&self) -> RelayHealth {
+        self.health.clone()
+    }
+
+    /// Whether `relay` is one of ours with a reservation still being asked for.
+    pub fn is_pending(&self, relay: &PeerId) -> bool {
+        self.slots.iter().any(|s| s.relay.peer == *relay && s.reserved_since.is_none())
+    }
+
+    /// What went wrong on the way to `relay` (a failed dial, a connection it closed): the
+    /// reason the reservation attempt under way will fail with.
+    pub fn on_relay_problem(&mut self, relay: &PeerId, problem: String) {
+        for slot in self.slots.iter_mut().filter(|s| s.relay.peer == *relay) {
+            if slot.reserved_since.is_none() {
+                slot.error = Some(problem.clone());
+            }
+        }
     }
 
     pub fn relay_peers(&self) -> impl Iterator<Item = PeerId> + '_ {
@@ -124,6 +179,8 @@ impl Reservations {
         }
         info!(relay = %slot.relay.peer, addr = %slot.relay.addr, "reservation held");
         slot.reserved_since = Some(SystemTime::now());
+        slot.error = None;
+        self.health.set(slot.relay.peer, None);
         let mut seen = vec![transport_of(&slot.relay.addr)];
         let others = slot
             .addrs
@@ -141,24 +198,36 @@ impl Reservations {
         Some((slot.relay.peer, others))
     }
 
-    /// A listener closed: for a relay listener, schedule the next attempt.
+    /// A listener closed: for a relay listener, schedule the next attempt. A new reason is
+    /// logged as a warning naming the relay; the same reason again only at debug level.
     pub fn on_listener_closed(&mut self, id: ListenerId, reason: &str) {
         let now = Instant::now();
-        if let Some(slot) = self.slots.iter_mut().find(|s| s.listener == Some(id)) {
-            let was_reserved = slot.reserved_since.is_some();
-            if !was_reserved {
-                // This address did not work: try the relay's next one.
-                slot.current = (slot.current + 1) % slot.addrs.len();
-            }
-            slot.listener = None;
-            slot.reserved_since = None;
-            schedule(slot, now);
-            if was_reserved {
-                warn!(relay = %slot.relay.peer, reason, "reservation lost; retrying");
-            } else {
-                debug!(relay = %slot.relay.peer, reason, failures = slot.failures, "reservation attempt failed");
-            }
+        let Some(slot) = self.slots.iter_mut().find(|s| s.listener == Some(id)) else { return };
+        let was_reserved = slot.reserved_since.is_some();
+        if !was_reserved {
+            // This address did not work: try the relay's next one.
+            slot.current = (slot.current + 1) % slot.addrs.len();
         }
+        slot.listener = None;
+        slot.reserved_since = None;
+        schedule(slot, now);
+        let problem = match slot.error.take() {
+            Some(problem) => problem,
+            None if reason == "closed" => "the relay did not grant a reservation".to_owned(),
+            None => reason.to_owned(),
+        };
+        let retry = slot.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
+        let relay = slot.relay.peer;
+        let new = self.health.problem(&relay).as_deref() != Some(problem.as_str());
+        if was_reserved {
+            warn!(%relay, reason = %problem, ?retry, "reservation lost; asking again");
+        } else if new {
+            warn!(%relay, reason = %problem, ?retry, "no reservation on the relay; asking again");
+        } else {
+            debug!(%relay, reason = %problem, failures = slot.failures, "reservation attempt failed");
+        }
+        slot.error = Some(problem.clone());
+        self.health.set(relay, Some(problem));
     }
 
     pub fn status(&self) -> Vec<ReservationStatus> {
@@ -179,6 +248,7 @@ impl Reservations {
                         .reserved_since
                         .and_then(|t| now.duration_since(t).ok())
                         .map_or(0, |d| d.as_secs()),
+                    error: if s.reserved_since.is_some() { None } else { s.error.clone() },
                 }
             })
             .collect()

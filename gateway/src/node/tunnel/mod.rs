@@ -34,6 +34,8 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
 use super::command::Opened;
+use super::dial_error::describe;
+use super::reservations::RelayHealth;
 use crate::protocol::{self, Request, Response, Status};
 
 mod handler;
@@ -126,6 +128,8 @@ type Reply = oneshot::Sender<Result<Opened, OpenError>>;
 #[derive(Debug)]
 pub struct Behaviour {
     inbound: mpsc::Sender<Inbound>,
+    /// Why relays have no reservation, for the reason of a failed dial through one.
+    health: RelayHealth,
     connections: HashMap<PeerId, Vec<Conn>>,
     /// Requests waiting for a connection to their peer.
     waiting: HashMap<PeerId, Vec<Reply>>,
@@ -147,9 +151,10 @@ const KNOWN_PEERS: usize = 1024;
 
 impl Behaviour {
     /// A behaviour delivering inbound streams on `inbound`.
-    pub fn new(inbound: mpsc::Sender<Inbound>) -> Behaviour {
+    pub fn new(inbound: mpsc::Sender<Inbound>, health: RelayHealth) -> Behaviour {
         Behaviour {
             inbound,
+            health,
             connections: HashMap::new(),
             waiting: HashMap::new(),
             dials: HashMap::new(),
@@ -313,9 +318,10 @@ impl Behaviour {
         if self.connections.contains_key(&peer) {
             return;
         }
-        debug!(%peer, %error, "dial failed");
+        let said = describe(error, &self.health);
+        debug!(%peer, %said, "dial failed");
         for reply in self.waiting.remove(&peer).unwrap_or_default() {
-            let _ = reply.send(Err(OpenError::Dial(error.to_string())));
+            let _ = reply.send(Err(OpenError::Dial(said.clone())));
         }
     }
 }
