@@ -50,7 +50,24 @@ fn a_world_readable_key_is_refused_with_the_chmod_to_run() {
         assert_eq!(out.status.code(), Some(2), "{args:?}");
         let err = stderr(&out);
         assert!(err.contains(&format!("chmod 600 {}", key.display())), "{args:?}: {err}");
+        assert!(!err.contains("peerup init"), "{args:?}: the fix is the chmod, not init: {err}");
     }
+}
+
+#[test]
+fn a_broken_key_says_what_is_wrong_with_it() {
+    let home = Home::init();
+    let key = home.file("identity.key");
+    std::fs::write(&key, b"").unwrap();
+    for args in [&["run"][..], &["id"][..]] {
+        let err = stderr(&peerup(home.path(), args));
+        assert!(err.contains("empty or truncated") && !err.contains("rsa"), "{args:?}: {err}");
+    }
+    std::fs::remove_file(&key).unwrap();
+    std::fs::create_dir(&key).unwrap();
+    let err = stderr(&peerup(home.path(), &["run"]));
+    assert!(err.contains("not a regular file (a directory)"), "{err}");
+    assert!(!err.contains("peerup init"), "{err}");
 }
 
 #[test]
@@ -155,6 +172,8 @@ fn auth_for_a_service_without_its_own_file_says_what_to_add() {
     assert!(stderr(&out).contains("authorized_keys: web_authorized_keys"), "{}", stderr(&out));
     let out = peerup(home.path(), &["auth", "add", &other.peer_id, "--service", "nope"]);
     assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("no service nope in"), "plain words: {}", stderr(&out));
+    assert!(!stderr(&out).contains("ServiceName"), "no debug print: {}", stderr(&out));
 }
 
 #[test]

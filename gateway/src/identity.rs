@@ -8,18 +8,31 @@ use crate::files::{FileError, Kind, create_new, read_checked};
 
 #[derive(Debug, thiserror::Error)]
 pub enum IdentityError {
-    #[error(transparent)]
+    /// Missing, unreadable, too open, not a regular file: the checked reader's words.
+    #[error("{0}{hint}", hint = if .0.is_not_found() { "\nhint: create an identity with `peerup init`" } else { "" })]
     File(#[from] FileError),
-    #[error("{path}: not a libp2p protobuf-encoded key: {reason}", path = path.display())]
-    Decode { path: std::path::PathBuf, reason: String },
+    #[error(
+        "{path} is empty or truncated ({len} bytes; a key is {KEY_LEN}): restore it from a backup, or move it away and run `peerup init` for a new identity (a new peer ID)",
+        path = path.display()
+    )]
+    Truncated { path: std::path::PathBuf, len: usize },
+    #[error(
+        "{path} is not a peerup identity ({len} bytes that are not a libp2p protobuf-encoded Ed25519 key): restore it from a backup, or move it away and run `peerup init` for a new identity (a new peer ID)",
+        path = path.display()
+    )]
+    Decode { path: std::path::PathBuf, len: usize },
+    #[error("cannot encode the new key: {0}")]
+    Encode(String),
 }
+
+/// The length of an Ed25519 key in libp2p's protobuf encoding.
+const KEY_LEN: usize = 68;
 
 /// Create a new key at `path`; fails if a file is already there.
 pub fn generate(path: &Path) -> Result<Keypair, IdentityError> {
     let keypair = Keypair::generate_ed25519();
-    let encoded = keypair
-        .to_protobuf_encoding()
-        .map_err(|e| IdentityError::Decode { path: path.to_owned(), reason: e.to_string() })?;
+    let encoded =
+        keypair.to_protobuf_encoding().map_err(|e| IdentityError::Encode(e.to_string()))?;
     create_new(path, &encoded, 0o600)?;
     Ok(keypair)
 }
@@ -27,8 +40,11 @@ pub fn generate(path: &Path) -> Result<Keypair, IdentityError> {
 /// Load the key, refusing one that group or others can read.
 pub fn load(path: &Path) -> Result<Keypair, IdentityError> {
     let bytes = read_checked(path, Kind::Secret)?;
-    Keypair::from_protobuf_encoding(&bytes)
-        .map_err(|e| IdentityError::Decode { path: path.to_owned(), reason: e.to_string() })
+    let (path, len) = (path.to_owned(), bytes.len());
+    if len < KEY_LEN {
+        return Err(IdentityError::Truncated { path, len });
+    }
+    Keypair::from_protobuf_encoding(&bytes).map_err(|_| IdentityError::Decode { path, len })
 }
 
 #[cfg(test)]
@@ -48,14 +64,37 @@ mod tests {
     }
 
     #[test]
-    fn a_readable_key_or_garbage_is_refused() {
+    fn each_broken_key_says_what_is_wrong_and_only_a_missing_one_says_init() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("identity.key");
+        let said = |path: &Path| load(path).unwrap_err().to_string();
+        assert!(said(&path).contains("hint: create an identity with `peerup init`"));
         generate(&path).unwrap();
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o640)).unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("chmod 600"));
-        std::fs::write(&path, b"garbage").unwrap();
+        let open = said(&path);
+        assert!(open.contains("chmod 600") && !open.contains("hint"), "{open}");
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).unwrap();
-        assert!(load(&path).unwrap_err().to_string().contains("not a libp2p"));
+        let whole = std::fs::read(&path).unwrap();
+        for cut in [0, 20] {
+            std::fs::write(&path, &whole[..cut]).unwrap();
+            let truncated = said(&path);
+            assert!(
+                truncated.contains("empty or truncated") && !truncated.contains("rsa"),
+                "{truncated}"
+            );
+        }
+        std::fs::write(&path, [0xffu8; 80]).unwrap();
+        let garbage = said(&path);
+        assert!(
+            garbage.contains("not a peerup identity") && !garbage.contains("hint"),
+            "{garbage}"
+        );
+        std::fs::remove_file(&path).unwrap();
+        std::fs::create_dir(&path).unwrap();
+        let directory = said(&path);
+        assert!(
+            directory.contains("not a regular file") && !directory.contains("hint"),
+            "{directory}"
+        );
     }
 }

@@ -31,7 +31,7 @@ use crate::reload::{self, Reload};
 pub enum StartError {
     #[error(transparent)]
     Config(#[from] ConfigError),
-    #[error("{0}\nhint: create an identity with `peerup init`")]
+    #[error(transparent)]
     Identity(#[from] IdentityError),
     #[error(transparent)]
     Access(#[from] AccessError),

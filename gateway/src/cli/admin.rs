@@ -90,8 +90,7 @@ pub(super) fn init(home: &Home) -> Result<(), Failure> {
 }
 
 pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
-    let key = identity::load(&home.identity())
-        .map_err(|e| Failure::usage(format!("{e}\nhint: create an identity with `peerup init`")))?;
+    let key = identity::load(&home.identity()).map_err(Failure::usage)?;
     let peer = key.public().to_peer_id();
     let mut out = std::io::stdout().lock();
     let _ = if json {
@@ -119,7 +118,11 @@ fn keys_file(
     };
     let name: ServiceName = service.parse().map_err(Failure::usage)?;
     let Some(entry) = config.services.get(&name) else {
-        return Err(Failure::usage(format!("no service {name:?} in {}", home.config().display())));
+        return Err(Failure::usage(format!(
+            "no service {} in {}",
+            name.as_str(),
+            home.config().display()
+        )));
     };
     match &entry.authorized_keys {
         Some(file) => Ok((home.join(file), None)),
