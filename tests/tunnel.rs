@@ -34,6 +34,31 @@ async fn curl_through_socks_fetches_the_page_served_on_the_other_peer() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn curl_reaches_a_named_peer_by_its_base58_id_or_base36_label_too() {
+    let web = services::http(PAGE).await;
+    for form in ["peer_id", "dns_label"] {
+        // A fresh pair each time: no connection yet, so the label alone must find A's address
+        // among B's names.
+        let pair =
+            Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+                home.allow(b, None)
+            });
+        let id = support::peerup(pair.home_a.path(), &["id", "--json"]);
+        let id: serde_json::Value = serde_json::from_slice(&id.stdout).unwrap();
+        let host = id[form].as_str().unwrap();
+        let out = Command::new("curl")
+            .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+            .arg(pair.b.socks().to_string())
+            .arg(format!("http://{host}.p2p/"))
+            .output()
+            .expect("curl is installed");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{host}.p2p: {err}\nB:\n{}", pair.b.log.text());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), PAGE, "{host}.p2p");
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sixty_four_mib_each_way_arrive_intact_with_half_close() {
     const SIZE: usize = 64 << 20;
     let service = services::exchange(SIZE).await;

@@ -66,6 +66,12 @@ pub type TierAnswer<'a> =
 /// One resolution tier.
 pub trait Resolve: Send + Sync + fmt::Debug {
     fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a>;
+
+    /// Addresses this tier knows for `peer`, for a name that is the peer's label: a peer the
+    /// user named with an address is reached by its label (or base58 ID) too.
+    fn addresses_of(&self, _peer: &PeerId) -> Vec<Multiaddr> {
+        Vec::new()
+    }
 }
 
 /// The TTL of answers from local names and peer labels: they change only when the user edits
@@ -162,6 +168,18 @@ impl Resolve for LocalNames {
     fn resolve<'a>(&'a self, host: &'a Label, network: &'a Label) -> TierAnswer<'a> {
         Box::pin(std::future::ready(Ok(self.lookup(host, network))))
     }
+
+    fn addresses_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for entry in self.names.values().filter(|entry| entry.peer == *peer) {
+            for addr in &entry.addrs {
+                if !addrs.contains(addr) {
+                    addrs.push(addr.clone());
+                }
+            }
+        }
+        addrs
+    }
 }
 
 /// Local names that a reload replaces while lookups go on.
@@ -183,6 +201,10 @@ impl Resolve for ReloadableNames {
         let names = self.0.read().unwrap_or_else(|e| e.into_inner()).clone();
         Box::pin(std::future::ready(Ok(names.lookup(host, network))))
     }
+
+    fn addresses_of(&self, peer: &PeerId) -> Vec<Multiaddr> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).addresses_of(peer)
+    }
 }
 
 /// The tiers in order.
@@ -199,7 +221,7 @@ impl Tiers {
     /// Resolve a parsed name; the first tier with an answer wins.
     pub async fn resolve(&self, name: &Name) -> Result<Resolution, ResolveError> {
         let (host, network, verbatim) = match name {
-            Name::Peer { peer } => return Ok(peer_label_answer(*peer)),
+            Name::Peer { peer } => return Ok(self.peer_label_answer(*peer)),
             Name::Host { host, network, verbatim_host } => (host, network, verbatim_host),
         };
         for tier in &self.tiers {
@@ -208,13 +230,20 @@ impl Tiers {
             }
         }
         parse_peer(verbatim)
-            .map(peer_label_answer)
+            .map(|peer| self.peer_label_answer(peer))
             .map_err(|_| ResolveError::NoSuchName(name.to_string()))
     }
-}
 
-fn peer_label_answer(peer: PeerId) -> Resolution {
-    Resolution { peer, addrs: Vec::new(), tier: Tier::PeerLabel, ttl: LOCAL_TTL }
+    /// A peer named by its label, with the addresses any tier knows for it.
+    fn peer_label_answer(&self, peer: PeerId) -> Resolution {
+        let mut addrs: Vec<Multiaddr> = Vec::new();
+        for addr in self.tiers.iter().flat_map(|tier| tier.addresses_of(&peer)) {
+            if !addrs.contains(&addr) {
+                addrs.push(addr);
+            }
+        }
+        Resolution { peer, addrs, tier: Tier::PeerLabel, ttl: LOCAL_TTL }
+    }
 }
 
 #[cfg(test)]
@@ -252,6 +281,25 @@ mod tests {
         let by_label = Name::parse(&text, &label("p2p")).unwrap().unwrap();
         let answer = tiers.resolve(&by_label).await.unwrap();
         assert_eq!((answer.peer, answer.tier), (peer, Tier::PeerLabel));
+    }
+
+    #[tokio::test]
+    async fn a_peer_label_or_base58_id_carries_the_addresses_its_names_give() {
+        let peer = PeerId::random();
+        let entry: NameEntry = format!("/ip4/192.0.2.5/tcp/4101/p2p/{peer}").parse().unwrap();
+        let tiers = tiers_with("box", "lab", entry);
+        let want = vec!["/ip4/192.0.2.5/tcp/4101".parse::<Multiaddr>().unwrap()];
+        for text in
+            [format!("{}.p2p", crate::peer_label(&peer)), format!("{}.p2p", peer.to_base58())]
+        {
+            let name = Name::parse(&text, &label("p2p")).unwrap().unwrap();
+            let answer = tiers.resolve(&name).await.unwrap();
+            assert_eq!(
+                (answer.peer, answer.tier, &answer.addrs),
+                (peer, Tier::PeerLabel, &want),
+                "{text}"
+            );
+        }
     }
 
     #[test]
