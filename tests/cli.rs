@@ -71,6 +71,35 @@ fn a_broken_key_says_what_is_wrong_with_it() {
 }
 
 #[test]
+fn a_repeated_key_is_an_error_at_the_line_of_the_repeat() {
+    let home = Home::init();
+    let config = home.file("config.yaml");
+    let cases = [
+        // A second `services:` section: reported at its own line, not the file's first.
+        (
+            "listen: [/ip4/127.0.0.1/tcp/0]\nservices:\n  web: { local_address: 127.0.0.1:80 }\n\nservices:\n  ssh: { local_address: 127.0.0.1:22 }\n",
+            ":5:1: duplicate field `services`",
+        ),
+        // The same service twice: an error (the second silently replaced the first).
+        (
+            "services:\n  web: { local_address: 127.0.0.1:80 }\n  ssh: { local_address: 127.0.0.1:22 }\n  web: { local_address: 127.0.0.1:81 }\n",
+            ":4:3: services: duplicate key `web`",
+        ),
+        (
+            "socks:\n  listen: 127.0.0.1:0\n  listen: 127.0.0.1:1\n",
+            ":3:3: socks: duplicate field `listen`",
+        ),
+    ];
+    for (text, want) in cases {
+        std::fs::write(&config, text).unwrap();
+        let out = peerup(home.path(), &["config", "check"]);
+        assert_eq!(out.status.code(), Some(2), "{text}");
+        let want = format!("{}{want}", config.display());
+        assert!(stderr(&out).contains(&want), "want {want}, got: {}", stderr(&out));
+    }
+}
+
+#[test]
 fn a_bad_config_value_names_file_line_and_column() {
     let home = Home::init();
     std::fs::write(

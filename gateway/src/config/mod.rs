@@ -12,6 +12,7 @@ use serde::Deserialize;
 
 mod sections;
 mod types;
+mod unique;
 mod validate;
 
 pub use sections::{
@@ -19,6 +20,7 @@ pub use sections::{
 };
 use sections::{default_authorized_keys, default_listen};
 pub use types::{Addr, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName};
+use unique::unique_map;
 
 /// The config `peerup init` writes, and the defaults it documents.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/peerup.yaml");
@@ -56,15 +58,15 @@ pub struct Config {
     /// The global allow list, relative to the home.
     #[serde(default = "default_authorized_keys")]
     pub authorized_keys: PathBuf,
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub services: BTreeMap<ServiceName, Service>,
     /// Local names, `HOST.NETWORK: peer-id-or-multiaddr`.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub names: BTreeMap<NameKey, NameValue>,
     #[serde(default)]
     pub limits: Limits,
     /// Networks this node belongs to, by name: their relays.
-    #[serde(default)]
+    #[serde(default, deserialize_with = "unique_map")]
     pub networks: BTreeMap<NetworkName, Network>,
     /// Announce and discover peers on the LAN (it announces our peer ID: opt-in).
     #[serde(default)]
@@ -97,7 +99,7 @@ impl Config {
         let config: Config = if is_empty_document(text) {
             Config::default()
         } else {
-            serde_yaml_ng::from_str(text).map_err(|e| syntax_error(path, &e))?
+            serde_yaml_ng::from_str(text).map_err(|e| syntax_error(path, text, &e))?
         };
         config.validate(path)?;
         Ok(config)
@@ -177,7 +179,7 @@ fn is_empty_document(text: &str) -> bool {
     text.lines().map(str::trim).all(|l| l.is_empty() || l.starts_with('#') || l == "---")
 }
 
-pub(crate) fn syntax_error(path: &Path, error: &serde_yaml_ng::Error) -> ConfigError {
+pub(crate) fn syntax_error(path: &Path, text: &str, error: &serde_yaml_ng::Error) -> ConfigError {
     let (line, column) = error.location().map(|l| (l.line(), l.column())).unwrap_or((0, 0));
     // serde_yaml_ng appends " at line L column C"; the prefix already says where.
     let message = error.to_string();
@@ -185,6 +187,9 @@ pub(crate) fn syntax_error(path: &Path, error: &serde_yaml_ng::Error) -> ConfigE
         Some(at) => message[..at].to_owned(),
         None => message,
     };
+    // A repeated key is reported where its mapping starts: point at the repeat instead.
+    let (line, column) =
+        unique::locate_duplicate(text, &message, line, column).unwrap_or((line, column));
     ConfigError::Syntax { path: path.to_owned(), line, column, message }
 }
 
@@ -197,7 +202,8 @@ pub fn parse_names_file(
     if is_empty_document(text) {
         return Ok(BTreeMap::new());
     }
-    serde_yaml_ng::from_str(text).map_err(|e| syntax_error(path, &e))
+    unique_map(serde_yaml_ng::Deserializer::from_str(text))
+        .map_err(|e| syntax_error(path, text, &e))
 }
 
 #[cfg(test)]

@@ -46,6 +46,12 @@ impl FromStr for NetworkName {
 }
 from_str_deserialize!(NetworkName);
 
+impl fmt::Display for NetworkName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// A relay's address: a multiaddr ending in `/p2p/<relay-peer-id>`.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct RelayAddr {
