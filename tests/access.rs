@@ -274,3 +274,29 @@ async fn a_hostname_with_control_characters_cannot_forge_a_log_line() {
         node.log.lines().into_iter().filter(|l| l.starts_with("2026-01-01")).collect();
     assert!(forged_lines.is_empty(), "no line of the attacker's: {forged_lines:?}");
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn clients_past_socks_max_clients_wait_until_one_ends() {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let echo = services::echo().await;
+    let home = Home::init();
+    let config = "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, max_clients: 1 }\n";
+    std::fs::write(home.file("config.yaml"), config).unwrap();
+    let node = Daemon::start(&home);
+    let mut first = socks::connect(node.socks(), "127.0.0.1", echo.port()).await.expect("first");
+    // The second client's greeting is not answered while the first holds the only slot.
+    let mut second = tokio::net::TcpStream::connect(node.socks()).await.unwrap();
+    second.write_all(&[0x05, 0x01, 0x00]).await.unwrap();
+    let mut choice = [0u8; 2];
+    let early = tokio::time::timeout(Duration::from_millis(500), second.read_exact(&mut choice));
+    assert!(early.await.is_err(), "no answer while the slot is taken");
+    first.shutdown().await.unwrap();
+    let mut rest = Vec::new();
+    first.read_to_end(&mut rest).await.unwrap();
+    drop(first);
+    tokio::time::timeout(Duration::from_secs(10), second.read_exact(&mut choice))
+        .await
+        .expect("answered once the first client ended")
+        .unwrap();
+    assert_eq!(choice, [0x05, 0x00]);
+}

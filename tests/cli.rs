@@ -312,3 +312,31 @@ fn check_fails(home: &std::path::Path, needle: &str) {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains(needle), "{}", stderr(&out));
 }
+
+#[test]
+fn a_daemon_that_cannot_start_says_which_part_failed_with_its_exit_code() {
+    // The SOCKS address is taken.
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let home = Home::init();
+    let port = taken.local_addr().unwrap().port();
+    std::fs::write(home.file("config.yaml"), format!("socks: {{ listen: 127.0.0.1:{port} }}\n"))
+        .unwrap();
+    let out = peerup(home.path(), &["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot start (SOCKS listener)"), "{}", stderr(&out));
+    // A config error, and a too-open key.
+    std::fs::write(home.file("config.yaml"), "sock: {}\n").unwrap();
+    assert!(stderr(&peerup(home.path(), &["run"])).contains("cannot start (config)"));
+    std::fs::write(home.file("config.yaml"), "").unwrap();
+    let key = home.file("identity.key");
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let out = peerup(home.path(), &["relay"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("cannot start (identity key)"), "{}", stderr(&out));
+    // The codes are listed where a user looks for them.
+    let help = String::from_utf8_lossy(&peerup(home.path(), &["--help"]).stdout).into_owned();
+    assert!(
+        help.contains("Exit codes: 0 success; 1 internal error; 2 bad usage or config"),
+        "{help}"
+    );
+}

@@ -247,7 +247,7 @@ fn socks_error(config: &Config, source: std::io::Error) -> StartError {
 async fn bind_socks(config: &Config) -> Result<SocksServer, StartError> {
     let socks_config = SocksConfig {
         handshake_timeout: config.socks.handshake_timeout.0,
-        ..SocksConfig::default()
+        max_connections: config.socks.max_clients,
     };
     let socks = SocksServer::bind(config.socks.listen, socks_config)
         .await

@@ -52,6 +52,22 @@ pub enum StartError {
     Socks { addr: SocketAddr, source: std::io::Error },
 }
 
+impl StartError {
+    /// Which part of the start-up failed, for the one line that says so.
+    pub fn part(&self) -> &'static str {
+        match self {
+            StartError::Config(_) => "config",
+            StartError::Identity(_) => "identity key",
+            StartError::Access(_) => "authorized_keys",
+            StartError::File(_) => "file",
+            StartError::Node(_) | StartError::NodeStopped(_) => "libp2p node",
+            StartError::Control(_) => "control socket",
+            StartError::NoMembers(_) => "relay members",
+            StartError::Socks { .. } => "SOCKS listener",
+        }
+    }
+}
+
 /// What `state.json` says about a running daemon.
 #[derive(Debug, Clone, Serialize, serde::Deserialize, PartialEq, Eq)]
 pub struct State {

@@ -7,7 +7,7 @@ use clap::Subcommand;
 use libp2p::PeerId;
 use peerup_resolver::{Name, parse_peer, peer_label};
 
-use super::Failure;
+use super::{Exit, Failure};
 use crate::auth::access::load_keys;
 use crate::auth::keys::check_comment;
 use crate::auth::{AuthorizedKeys, Entry, Expiry};
@@ -59,7 +59,7 @@ pub(super) enum AuthCommand {
 }
 
 pub(super) fn init(home: &Home) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure::new(1, e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::new(Exit::Internal, e.to_string());
     files::create_private_dir(home.dir()).map_err(|e| fail(&e))?;
     home.check().map_err(Failure::usage)?;
     let key_path = home.identity();
@@ -151,7 +151,7 @@ fn peer_arg(text: &str) -> Result<PeerId, Failure> {
 pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
     let write = |path: &Path, keys: &AuthorizedKeys| {
         files::write_atomic(path, keys.render().as_bytes(), 0o600)
-            .map_err(|e| Failure::new(1, e.to_string()))
+            .map_err(|e| Failure::new(Exit::Internal, e.to_string()))
     };
     let mut out = std::io::stdout().lock();
     match command {
@@ -273,9 +273,12 @@ pub(super) async fn resolve(home: &Home, text: &str) -> Result<(), Failure> {
     };
     let name = match Name::parse(&full, &suffix) {
         Ok(Some(name)) => name,
-        Ok(None) | Err(_) => return Err(Failure::new(3, format!("no such name: {text}"))),
+        Ok(None) | Err(_) => {
+            return Err(Failure::new(Exit::NoSuchName, format!("no such name: {text}")));
+        }
     };
-    let answer = tiers.resolve(&name).await.map_err(|e| Failure::new(3, e.to_string()))?;
+    let answer =
+        tiers.resolve(&name).await.map_err(|e| Failure::new(Exit::NoSuchName, e.to_string()))?;
     let mut out = std::io::stdout().lock();
     let _ = writeln!(out, "{}\ttier={}\tttl={}s", answer.peer, answer.tier, answer.ttl.as_secs());
     for addr in &answer.addrs {

@@ -7,7 +7,7 @@ use peerup_proxy::client::connect_via;
 use peerup_proxy::{Plain, bridge};
 use peerup_resolver::{Name, ResolveError};
 
-use super::{Failure, exit_code, not_running};
+use super::{Exit, Failure, not_running};
 use crate::config::{Config, suffix};
 use crate::daemon::{State, local_tiers};
 use crate::files::Home;
@@ -21,13 +21,13 @@ pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
         .ok_or_else(|| Failure::usage("this home runs a relay, which has no SOCKS listener"))?;
     let socket = connect_via(socks, host, port)
         .await
-        .map_err(|e| Failure::new(exit_code(e.kind), e.message))?;
+        .map_err(|e| Failure::new(Exit::of_connect(e.kind), e.message))?;
     let stdio = Plain(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
     // A tunnel that ends abnormally makes this command fail, so the caller sees a truncation.
     let never = tokio_util::sync::CancellationToken::new();
-    bridge(stdio, socket, &never)
-        .await
-        .map_err(|e| Failure::new(1, format!("{target}: the connection was reset: {e}")))?;
+    bridge(stdio, socket, &never).await.map_err(|e| {
+        Failure::new(Exit::Internal, format!("{target}: the connection was reset: {e}"))
+    })?;
     Ok(())
 }
 
@@ -47,12 +47,12 @@ async fn check_local_name(home: &Home, host: &str) -> Result<(), Failure> {
     let name = match Name::parse(host, &suffix()) {
         Ok(Some(name)) => name,
         Ok(None) => return Ok(()),
-        Err(e) => return Err(Failure::new(3, e.to_string())),
+        Err(e) => return Err(Failure::new(Exit::NoSuchName, e.to_string())),
     };
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
     let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
     match tiers.resolve(&name).await {
-        Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(3, e.to_string())),
+        Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(Exit::NoSuchName, e.to_string())),
         _ => Ok(()),
     }
 }

@@ -1,19 +1,20 @@
 //! The command line: parsing, dispatch, logging set-up, and exit codes.
 //!
-//! Exit codes (one place, [`exit_code`]): 0 success; 2 bad usage or config; 3 no such name;
-//! 4 not authorized; 5 peer unreachable or timed out; 6 refused (no such service, or the
-//! service's local address refused); 1 anything else. Every failure prints one line on stderr
-//! saying what went wrong and what to do.
+//! Exit codes are one table ([`Exit`]): 0 success; 1 internal error; 2 bad usage or config;
+//! 3 no such name; 4 not authorized; 5 peer unreachable, timed out or busy; 6 refused. Every
+//! failure prints one line on stderr saying what went wrong and what to do.
 
 mod admin;
 mod connect;
+mod exit;
 mod status;
+
+pub use exit::{Exit, Failure};
 
 use std::path::PathBuf;
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
-use peerup_proxy::FailureKind;
 
 use crate::files::Home;
 
@@ -27,7 +28,8 @@ use crate::files::Home;
         HOST.NETWORK.p2p names over authenticated libp2p streams, and offers this machine's \
         services to the peers its authorized_keys files allow.",
     after_help = "Start: peerup init && peerup run, then\n  \
-        curl --socks5-hostname 127.0.0.1:1080 http://home.alice.p2p/"
+        curl --socks5-hostname 127.0.0.1:1080 http://home.alice.p2p/",
+    after_long_help = exit::help_footer()
 )]
 pub struct Cli {
     /// The node's home directory [default: ~/.config/peerup]
@@ -94,39 +96,13 @@ enum ConfigCommand {
     Check,
 }
 
-/// A failed command: its exit code and the line to print.
-#[derive(Debug)]
-pub struct Failure {
-    pub code: u8,
-    pub message: String,
-}
-
-impl Failure {
-    pub fn new(code: u8, message: impl Into<String>) -> Self {
-        Failure { code, message: message.into() }
-    }
-
-    /// Bad usage or config.
-    pub fn usage(message: impl std::fmt::Display) -> Self {
-        Failure::new(2, message.to_string())
-    }
-}
-
 /// No daemon answers for `home` (exit 5, like an unreachable peer).
 fn not_running(home: &Home) -> Failure {
     let dir = home.dir().display();
-    Failure::new(5, format!("no daemon is running for {dir} (start it with `peerup run`)"))
-}
-
-/// The exit code for a connect failure.
-pub fn exit_code(kind: FailureKind) -> u8 {
-    match kind {
-        FailureKind::NoSuchName => 3,
-        FailureKind::NotAllowed => 4,
-        FailureKind::Unreachable | FailureKind::TimedOut | FailureKind::Busy => 5,
-        FailureKind::NoSuchService | FailureKind::Refused | FailureKind::ServiceTimeout => 6,
-        FailureKind::CommandNotSupported | FailureKind::General => 1,
-    }
+    Failure::new(
+        Exit::Unreachable,
+        format!("no daemon is running for {dir} (start it with `peerup run`)"),
+    )
 }
 
 pub fn main() -> ExitCode {
@@ -138,10 +114,10 @@ pub fn main() -> ExitCode {
         Command::Id { json } => admin::id(&home, json),
         Command::Run => refuse_key_log()
             .and_then(|()| runtime())
-            .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(Failure::usage)),
-        Command::Relay => refuse_key_log()
-            .and_then(|()| runtime())
-            .and_then(|rt| rt.block_on(crate::relay::daemon::run(home)).map_err(Failure::usage)),
+            .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(|e| Failure::start(&e))),
+        Command::Relay => refuse_key_log().and_then(|()| runtime()).and_then(|rt| {
+            rt.block_on(crate::relay::daemon::run(home)).map_err(|e| Failure::start(&e))
+        }),
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status::run(&home, json))),
         Command::Auth { action } => admin::auth(&home, action),
         Command::Resolve { name } => {
@@ -161,7 +137,7 @@ pub fn main() -> ExitCode {
         Ok(()) => ExitCode::SUCCESS,
         Err(failure) => {
             eprintln!("peerup: {}", failure.message);
-            ExitCode::from(failure.code)
+            ExitCode::from(failure.exit.code())
         }
     }
 }
@@ -183,5 +159,5 @@ fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
-        .map_err(|e| Failure::new(1, format!("cannot start the async runtime: {e}")))
+        .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))
 }

@@ -2,7 +2,7 @@
 
 use std::io::Write;
 
-use super::{Failure, not_running};
+use super::{Exit, Failure, not_running};
 use crate::daemon::State;
 use crate::files::Home;
 use crate::node::status::NodeStatus;
@@ -13,7 +13,7 @@ pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
     let answer = crate::control::request(&state.control, "status").await.map_err(|error| {
         if error.kind() == std::io::ErrorKind::TimedOut {
             Failure::new(
-                5,
+                Exit::Unreachable,
                 format!(
                     "the daemon of {} (pid {}) did not answer within {:?}: is it stopped or overloaded?",
                     home.dir().display(),
@@ -35,7 +35,8 @@ pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
     } else {
         serde_json::from_value::<NodeStatus>(answer).map(|s| gateway_text(&s))
     };
-    let text = text.map_err(|e| Failure::new(1, format!("unexpected status answer: {e}")))?;
+    let text =
+        text.map_err(|e| Failure::new(Exit::Internal, format!("unexpected status answer: {e}")))?;
     let _ = out.write_all(text.as_bytes());
     Ok(())
 }

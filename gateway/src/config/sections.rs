@@ -68,6 +68,9 @@ pub struct Socks {
     pub direct: bool,
     #[serde(default = "default_handshake_timeout")]
     pub handshake_timeout: Dur,
+    /// SOCKS clients served at once; more wait in the listen backlog until one ends.
+    #[serde(default = "default_max_clients")]
+    pub max_clients: usize,
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -154,6 +157,9 @@ pub(super) fn default_streams_per_peer() -> usize {
 pub(super) fn default_streams_total() -> usize {
     4096
 }
+pub(super) fn default_max_clients() -> usize {
+    4096
+}
 pub(super) fn yes() -> bool {
     true
 }
@@ -219,6 +225,7 @@ impl Default for Socks {
             listen: default_socks_listen(),
             direct: true,
             handshake_timeout: default_handshake_timeout(),
+            max_clients: default_max_clients(),
         }
     }
 }

@@ -60,6 +60,13 @@ impl Config {
                 "must be at least 1 and at most limits.streams_total",
             ));
         }
+        if self.socks.max_clients == 0 || self.socks.max_clients > MAX_STREAMS_TOTAL {
+            return Err(ConfigError::invalid(
+                path,
+                "socks.max_clients",
+                format!("must be at least 1 and at most {MAX_STREAMS_TOTAL}"),
+            ));
+        }
         if limits.streams_total > MAX_STREAMS_TOTAL {
             return Err(ConfigError::invalid(
                 path,
