@@ -311,6 +311,37 @@ pub async fn bridge<A: Leg, B: Leg>(
     }
 }
 
+/// One INFO line when a tunnel ends, on either side (the caller's span names the peer and the
+/// service or target): bytes sent to and received from the peer, how long it lasted, and how it
+/// ended; for a reset, `at` says where it began (`here`: a kill switch or our shutdown;
+/// `tunnel`: the peer or the path; `socket`: the local app or service). `tunnel` is the
+/// bridge's side that is the tunnel stream.
+pub fn log_tunnel_end(outcome: &Result<Carried, Aborted>, started: Instant, tunnel: Side) {
+    let duration = format!("{:.3}s", started.elapsed().as_secs_f64());
+    let carried = match outcome {
+        Ok(carried) => carried,
+        Err(aborted) => &aborted.carried,
+    };
+    let (received, sent) = match tunnel {
+        Side::B => (carried.b_to_a, carried.a_to_b),
+        Side::A | Side::Stop => (carried.a_to_b, carried.b_to_a),
+    };
+    match outcome {
+        Ok(_) => tracing::info!(sent, received, duration, "tunnel closed"),
+        Err(aborted) => {
+            // A kill switch (revoked, path lost) surfaces through the tunnel leg as "aborted".
+            let here = aborted.error.kind() == io::ErrorKind::ConnectionAborted;
+            let at = match aborted.side {
+                _ if here => "here",
+                Side::Stop => "here",
+                side if side == tunnel => "tunnel",
+                _ => "socket",
+            };
+            tracing::info!(sent, received, duration, at, error = %aborted.error, "tunnel reset");
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -385,37 +416,6 @@ mod tests {
         for socket in [&mut client, &mut server] {
             let read = socket.read(&mut buf).await.map_err(|e| e.kind());
             assert_eq!(read, Err(io::ErrorKind::ConnectionReset));
-        }
-    }
-}
-
-/// One INFO line when a tunnel ends, on either side (the caller's span names the peer and the
-/// service or target): bytes sent to and received from the peer, how long it lasted, and how it
-/// ended; for a reset, `at` says where it began (`here`: a kill switch or our shutdown;
-/// `tunnel`: the peer or the path; `socket`: the local app or service). `tunnel` is the
-/// bridge's side that is the tunnel stream.
-pub fn log_tunnel_end(outcome: &Result<Carried, Aborted>, started: Instant, tunnel: Side) {
-    let duration = format!("{:.3}s", started.elapsed().as_secs_f64());
-    let carried = match outcome {
-        Ok(carried) => carried,
-        Err(aborted) => &aborted.carried,
-    };
-    let (received, sent) = match tunnel {
-        Side::B => (carried.b_to_a, carried.a_to_b),
-        Side::A | Side::Stop => (carried.a_to_b, carried.b_to_a),
-    };
-    match outcome {
-        Ok(_) => tracing::info!(sent, received, duration, "tunnel closed"),
-        Err(aborted) => {
-            // A kill switch (revoked, path lost) surfaces through the tunnel leg as "aborted".
-            let here = aborted.error.kind() == io::ErrorKind::ConnectionAborted;
-            let at = match aborted.side {
-                _ if here => "here",
-                Side::Stop => "here",
-                side if side == tunnel => "tunnel",
-                _ => "socket",
-            };
-            tracing::info!(sent, received, duration, at, error = %aborted.error, "tunnel reset");
         }
     }
 }
