@@ -352,6 +352,9 @@ impl Node {
                     self.relay_closed_early(peer_id, info.since);
                 }
                 self.connections.remove(&connection_id);
+                if cause.is_some() {
+                    self.relay_connection_failed(peer_id);
+                }
                 self.liveness.closed(connection_id);
                 let at = tokio::time::Instant::now() + CLOSED_GRACE;
                 self.closed.push_back((at, peer_id, connection_id));
@@ -425,6 +428,26 @@ impl Node {
                 self.peer_id()
             );
             self.reservations.on_relay_problem(&peer, problem);
+        }
+    }
+
+    /// A connection to one of our relays failed (not a graceful close): the relay most likely
+    /// stopped or restarted, so its other connections (the one on its other transport, see
+    /// [`Self::learn_addresses`]) are dead too. Close them now: the next reservation request
+    /// would otherwise go over one of them and wait for QUIC's idle timeout.
+    fn relay_connection_failed(&mut self, peer: PeerId) {
+        if !self.reservations.relay_peers().any(|relay| relay == peer) {
+            return;
+        }
+        let others: Vec<ConnectionId> = self
+            .connections
+            .iter()
+            .filter(|(_, info)| info.peer == peer)
+            .map(|(id, _)| *id)
+            .collect();
+        for connection in others {
+            debug!(relay = %peer, "closing the relay's other connection: the relay went away");
+            self.swarm.close_connection(connection);
         }
     }
 
