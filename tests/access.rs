@@ -214,10 +214,9 @@ async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
-async fn a_peer_we_chose_to_reach_may_connect_back_but_gets_no_service() {
-    // Hole punching has both ends dial at once, so the direct connection to a peer we reach can
-    // arrive as inbound: the gate lets in a peer we resolved a name to, and the stream check
-    // still refuses it a service it is not listed for.
+async fn a_name_looked_up_once_lets_nobody_in_later() {
+    // Hole punching's inbound half is let in only over a path we already have to the peer (the
+    // netlab tests cover that): a name looked up once, with no connection, opens nothing.
     let echo_c = services::echo().await;
     let home_a = Home::init();
     let home_c = Home::init();
@@ -229,28 +228,17 @@ async fn a_peer_we_chose_to_reach_may_connect_back_but_gets_no_service() {
     let c = Daemon::start(&home_c);
     home_a.write_config(&format!("names:\n  laptop.carol: {}\n", c.tcp_multiaddr()));
     let a = Daemon::start(&home_a);
-    let from_a = |l: &str| l.contains(&home_a.peer_id);
-
-    // Before C chose A, A is refused at C's handshake.
+    // C looks A up (it cannot reach A: no address), so A is a peer C chose.
+    let reply = socks::connect(c.socks(), "home.alice.p2p", 80).await.err();
+    assert!(reply.is_some(), "C has no address for A");
+    // A, in none of C's lists, dials C: refused at C's handshake all the same.
     let reply = socks::connect(a.socks(), "laptop.carol.p2p", echo_c.port()).await.err();
     assert_eq!(reply, Some(0x02), "C refuses A");
     let refused = c.log.wait_for(
-        |l| l.contains("refused connection at the handshake") && from_a(l),
+        |l| l.contains("refused connection at the handshake") && l.contains(&home_a.peer_id),
         Duration::from_secs(10),
     );
     assert!(refused.is_some(), "C refused A at the handshake:\n{}", c.log.text());
-
-    // C resolves home.alice (it cannot reach A, having no address): A is now a peer C chose.
-    let reply = socks::connect(c.socks(), "home.alice.p2p", 80).await.err();
-    assert!(reply.is_some(), "C has no address for A");
-    // A dials C again: C lets the connection in, and refuses the stream.
-    let reply = socks::connect(a.socks(), "laptop.carol.p2p", echo_c.port()).await.err();
-    assert_eq!(reply, Some(0x02), "C's service is not A's to use");
-    let checked = c.log.wait_for(
-        |l| l.contains("not authorized for this service") && from_a(l),
-        Duration::from_secs(10),
-    );
-    assert!(checked.is_some(), "C checked A's stream, not just its handshake:\n{}", c.log.text());
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -4,7 +4,9 @@
 //! newline in one would forge a log line, an ESC would drive the reader's terminal, a bidi
 //! override would reorder what they read. So the field formatter escapes, once, for every
 //! event and span: control characters and bidi controls are written as `\n`, `\u{1b}` and so
-//! on. Our own messages and field names contain none of them, so nothing else changes.
+//! on (line and paragraph separators too). Our own messages and field names contain none of
+//! them, so nothing else changes. A backslash is kept as it is: a hostname may spell `\n`
+//! literally, but that cannot break a line.
 
 use std::fmt;
 
@@ -76,7 +78,16 @@ pub fn escaped(text: &str) -> String {
 
 fn needs_escape(c: char) -> bool {
     c.is_control()
-        || matches!(c, '\u{200e}' | '\u{200f}' | '\u{202a}'..='\u{202e}' | '\u{2066}'..='\u{2069}')
+        || matches!(
+            c,
+            '\u{061c}'
+                | '\u{200e}'
+                | '\u{200f}'
+                | '\u{2028}'
+                | '\u{2029}'
+                | '\u{202a}'..='\u{202e}'
+                | '\u{2066}'..='\u{2069}'
+        )
 }
 
 #[cfg(test)]
@@ -87,6 +98,7 @@ mod tests {
     fn controls_and_bidi_are_escaped_and_the_rest_kept() {
         assert_eq!(escaped("web.lab\x1b[31m\nFAKE"), "web.lab\\u{1b}[31m\\nFAKE");
         assert_eq!(escaped("a\u{202e}b\tc\r"), "a\\u{202e}b\\tc\\r");
+        assert_eq!(escaped("x\u{2028}y\u{061c}"), "x\\u{2028}y\\u{61c}");
         assert_eq!(escaped("héllo wörld, \"quoted\" 名前"), "héllo wörld, \"quoted\" 名前");
     }
 }

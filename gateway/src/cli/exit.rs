@@ -122,9 +122,13 @@ impl Failure {
         Failure::new(Exit::Internal, message.to_string())
     }
 
-    /// A daemon that could not start: the line says which part failed.
+    /// A daemon that could not start (or whose node stopped): the line says which part failed.
     pub fn start(error: &StartError) -> Self {
-        Failure::new(Exit::of_start(error), format!("cannot start ({}): {error}", error.part()))
+        let what = match error {
+            StartError::NodeStopped(_) => "stopped",
+            _ => "cannot start",
+        };
+        Failure::new(Exit::of_start(error), format!("{what} ({}): {error}", error.part()))
     }
 }
 

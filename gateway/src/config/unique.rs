@@ -66,7 +66,6 @@ pub(super) fn locate_duplicate(
         .find_map(|marker| message.find(marker).map(|at| &message[at + marker.len()..]))?;
     let key = &after[..after.find('`')?];
     let indent = column.checked_sub(1)?;
-    let starts = [format!("{key}:"), format!("\"{key}\":"), format!("'{key}':")];
     let mut seen = 0;
     for (index, text_line) in text.lines().enumerate().skip(line.checked_sub(1)?) {
         let here = index + 1;
@@ -75,7 +74,7 @@ pub(super) fn locate_duplicate(
         if here > line && depth < indent && !body.is_empty() && !body.starts_with('#') {
             break; // past the end of the mapping
         }
-        if depth == indent && starts.iter().any(|start| body.starts_with(start.as_str())) {
+        if depth == indent && key_of(body).is_some_and(|k| k.eq_ignore_ascii_case(key)) {
             seen += 1;
             if seen == 2 {
                 return Some((here, column));
@@ -83,6 +82,14 @@ pub(super) fn locate_duplicate(
         }
     }
     None
+}
+
+/// The key of a block mapping line (`key:`, `"key" :`, `'key':`), if it is one.
+fn key_of(body: &str) -> Option<&str> {
+    let (key, _) = body.split_once(':')?;
+    let key = key.trim_end();
+    let key = key.strip_prefix('"').and_then(|k| k.strip_suffix('"')).unwrap_or(key);
+    Some(key.strip_prefix('\'').and_then(|k| k.strip_suffix('\'')).unwrap_or(key))
 }
 
 #[cfg(test)]
@@ -95,6 +102,8 @@ mod tests {
         assert_eq!(locate_duplicate(text, "duplicate field `services`", 1, 1), Some((6, 1)));
         let text = "services:\n  web: {}\n  # web: {}\n  \"web\": {}\nnames: {}\n";
         assert_eq!(locate_duplicate(text, "services: duplicate key `web`", 2, 3), Some((4, 3)));
+        let cased = "names:\n  Box.lab: x\n  other.lab : y\n  box.lab : z\n";
+        assert_eq!(locate_duplicate(cased, "names: duplicate key `box.lab`", 2, 3), Some((4, 3)));
         let nested = "a:\n  web: 1\nb:\n  web: 2\n";
         assert_eq!(locate_duplicate(nested, "duplicate key `web`", 2, 3), None, "another mapping");
         assert_eq!(locate_duplicate(text, "unknown field `x`", 1, 1), None);

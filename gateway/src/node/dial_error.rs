@@ -21,9 +21,16 @@ pub(super) fn describe(error: &DialError, health: &RelayHealth) -> String {
         .iter()
         .map(|(addr, error)| match relay_of(addr) {
             Some(relay) => {
-                let problem = health.problem(&relay).unwrap_or_else(|| {
-                    format!("no connection to the relay ({})", innermost(error))
-                });
+                let cause = innermost(error);
+                // The relay client gives up with "oneshot canceled" when it has no connection to
+                // the relay: then the relay's own problem is the reason. Any other cause (the
+                // target has no reservation, the relay refused the circuit) is said as it is.
+                let problem = match cause.contains("canceled") {
+                    true => health
+                        .problem(&relay)
+                        .unwrap_or_else(|| "no connection to the relay".to_owned()),
+                    false => cause,
+                };
                 format!("through relay {relay}: {problem}")
             }
             None => format!("{}: {}", without_peer(addr), innermost(error)),
@@ -110,5 +117,11 @@ mod tests {
         assert!(
             describe(&error, &health).contains(&format!("through relay {relay}: not a member"))
         );
+        let circuit: Multiaddr =
+            format!("/ip4/192.0.2.1/tcp/4101/p2p/{relay}/p2p-circuit").parse().unwrap();
+        let denied = std::io::Error::other("no reservation for the destination");
+        let error = DialError::Transport(vec![(circuit, TransportError::Other(denied))]);
+        let said = describe(&error, &health);
+        assert!(said.ends_with(": no reservation for the destination"), "as it is: {said}");
     }
 }

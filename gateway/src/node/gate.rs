@@ -2,10 +2,12 @@
 //!
 //! Inbound, a peer in none of our lists (global, any service's, the configured relays) is
 //! refused right after the security handshake proved its peer ID, before any stream: the
-//! connection is closed and the refusal logged. A peer we chose to reach (we resolved a name to
-//! it) is let in too: hole punching has both ends dial at once, so the direct connection to a
-//! peer we reach may well arrive as inbound. It gets a connection, not a service: every stream
-//! is still checked against the service's list. Outbound, we only dial peers we chose (see
+//! connection is closed and the refusal logged. One exception: a peer we chose to reach (we
+//! resolved a name to it) *while we already have a connection to it* is let in too. Hole
+//! punching has both ends dial at once over the relayed connection's coordination, so the direct
+//! connection may arrive as inbound. Without a connection to it the rule above holds, so a name
+//! looked up once (any local SOCKS client can make us look one up) lets nobody in later. The
+//! admitted peer gets a connection, not a service: every stream is still checked. Outbound, we only dial peers we chose (see
 //! [`Access::may_dial`]). Per-service checks happen again on every stream (the service host).
 
 use std::collections::HashMap;
@@ -106,7 +108,9 @@ impl NetworkBehaviour for Gate {
         _: &Multiaddr,
         remote: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
-        if self.access.may_connect(&peer) || self.access.chose(&peer) {
+        // A peer we chose, over a path we already have to it: hole punching's inbound half.
+        let punching = self.access.chose(&peer) && self.connected.contains_key(&peer);
+        if self.access.may_connect(&peer) || punching {
             return Ok(dummy::ConnectionHandler);
         }
         if self.should_log_refusal(peer) {

@@ -352,7 +352,8 @@ impl Node {
                     self.relay_closed_early(peer_id, info.since);
                 }
                 self.connections.remove(&connection_id);
-                if cause.is_some() {
+                // An I/O error, not an idle close or a close of ours: the path or the peer died.
+                if matches!(cause, Some(libp2p::swarm::ConnectionError::IO(_))) {
                     self.relay_connection_failed(peer_id);
                 }
                 self.liveness.closed(connection_id);
@@ -407,6 +408,15 @@ impl Node {
     /// [`reservations`]). A failure costs nothing: hole punching then has fewer addresses.
     fn learn_addresses(&mut self, relay: PeerId, addrs: Vec<Multiaddr>) {
         for addr in addrs {
+            let transport = swarm::transport_of(&addr);
+            let have = self.connections.values().any(|c| {
+                c.peer == relay
+                    && !c.endpoint.is_relayed()
+                    && swarm::transport_of(c.endpoint.get_remote_address()) == transport
+            });
+            if have {
+                continue;
+            }
             debug!(%relay, %addr, "dialling the relay on another transport");
             let opts = DialOpts::peer_id(relay)
                 .addresses(vec![addr])
@@ -424,14 +434,14 @@ impl Node {
         let brief = since.elapsed().is_ok_and(|lived| lived < RELAY_REFUSAL_WITHIN);
         if brief && self.reservations.is_pending(&peer) {
             let problem = format!(
-                "the relay closed the connection at the handshake: this node is not one of its members (on the relay: peerup auth add {} --relay)",
+                "the relay closed the connection at the handshake: this node is probably not one of its members (on the relay: peerup auth add {} --relay)",
                 self.peer_id()
             );
             self.reservations.on_relay_problem(&peer, problem);
         }
     }
 
-    /// A connection to one of our relays failed (not a graceful close): the relay most likely
+    /// A connection to one of our relays failed (an I/O error, not an idle close): the relay most likely
     /// stopped or restarted, so its other connections (the one on its other transport, see
     /// [`Self::learn_addresses`]) are dead too. Close them now: the next reservation request
     /// would otherwise go over one of them and wait for QUIC's idle timeout.

@@ -46,9 +46,17 @@ struct Slot {
     reserved_since: Option<SystemTime>,
     failures: u32,
     retry_at: Option<Instant>,
-    /// Why the last attempt failed, until a reservation is held again.
+    /// Why the last attempt failed, until a reservation is held again (shown by `status`).
     error: Option<String>,
+    /// What went wrong during the attempt under way (becomes `error` when it fails).
+    attempt_error: Option<String>,
+    /// Reasons already logged as warnings since the last reservation (a relay listed with two
+    /// addresses alternates between two reasons: each is warned about once).
+    warned: Vec<String>,
 }
+
+/// Distinct reasons remembered per relay for the once-only warning.
+const WARNED_REASONS: usize = 8;
 
 /// Why each configured relay has no reservation, if it has none: read when a dial through a
 /// relay fails, so the failure says why (relay down, not a member) instead of libp2p's
@@ -111,6 +119,8 @@ impl Reservations {
                     failures: 0,
                     retry_at: Some(Instant::now()),
                     error: None,
+                    attempt_error: None,
+                    warned: Vec::new(),
                 }),
             }
         }
@@ -132,7 +142,7 @@ impl Reservations {
     pub fn on_relay_problem(&mut self, relay: &PeerId, problem: String) {
         for slot in self.slots.iter_mut().filter(|s| s.relay.peer == *relay) {
             if slot.reserved_since.is_none() {
-                slot.error = Some(problem.clone());
+                slot.attempt_error = Some(problem.clone());
             }
         }
     }
@@ -148,6 +158,7 @@ impl Reservations {
                 continue;
             }
             slot.retry_at = None;
+            slot.attempt_error = None;
             slot.relay = slot.addrs[slot.current % slot.addrs.len()].clone();
             let addr = slot.relay.full().with(Protocol::P2pCircuit);
             match swarm.listen_on(addr.clone()) {
@@ -180,6 +191,7 @@ impl Reservations {
         info!(relay = %slot.relay.peer, addr = %slot.relay.addr, "reservation held");
         slot.reserved_since = Some(SystemTime::now());
         slot.error = None;
+        slot.warned.clear();
         self.health.set(slot.relay.peer, None);
         let mut seen = vec![transport_of(&slot.relay.addr)];
         let others = slot
@@ -211,14 +223,17 @@ impl Reservations {
         slot.listener = None;
         slot.reserved_since = None;
         schedule(slot, now);
-        let problem = match slot.error.take() {
+        let problem = match slot.attempt_error.take() {
             Some(problem) => problem,
             None if reason == "closed" => "the relay did not grant a reservation".to_owned(),
             None => reason.to_owned(),
         };
         let retry = slot.retry_at.map_or(Duration::ZERO, |at| at.saturating_duration_since(now));
         let relay = slot.relay.peer;
-        let new = self.health.problem(&relay).as_deref() != Some(problem.as_str());
+        let new = !slot.warned.contains(&problem);
+        if new && slot.warned.len() < WARNED_REASONS {
+            slot.warned.push(problem.clone());
+        }
         if was_reserved {
             warn!(%relay, reason = %problem, ?retry, "reservation lost; asking again");
         } else if new {
@@ -259,4 +274,29 @@ fn schedule(slot: &mut Slot, now: Instant) {
     let backoff = FIRST_BACKOFF.saturating_mul(1 << slot.failures.min(5)).min(MAX_BACKOFF);
     slot.failures = slot.failures.saturating_add(1);
     slot.retry_at = Some(now + backoff);
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_relay_that_fails_two_ways_in_turn_is_warned_about_once_per_reason() {
+        let relay = PeerId::random();
+        let addrs: Vec<RelayAddr> = ["/ip4/192.0.2.1/tcp/4101", "/ip4/192.0.2.1/udp/4101/quic-v1"]
+            .iter()
+            .map(|a| RelayAddr { addr: a.parse().unwrap(), peer: relay })
+            .collect();
+        let mut reservations = Reservations::new(addrs);
+        for round in 0..6 {
+            let id = ListenerId::next();
+            reservations.slots[0].listener = Some(id);
+            let reason = if round % 2 == 0 { "refused" } else { "timed out" };
+            reservations.on_relay_problem(&relay, reason.to_owned());
+            reservations.on_listener_closed(id, "closed");
+            assert_eq!(reservations.health().problem(&relay).as_deref(), Some(reason));
+            assert_eq!(reservations.status()[0].error.as_deref(), Some(reason));
+        }
+        assert_eq!(reservations.slots[0].warned, ["refused", "timed out"], "each warned once");
+    }
 }
