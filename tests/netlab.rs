@@ -30,6 +30,11 @@ fn goes_direct(test: &str, mode_a: &str, mode_b: &str) {
     let Some(lab) = Lab::up(test, mode_a, mode_b) else { return };
     let net = Net::start(&lab, true);
     let reserve = wait_until("B's reservation", Duration::from_secs(15), || reserved(&net.home_b));
+    // Hole punching offers the addresses known when the first connection comes: wait until both
+    // know their public TCP and QUIC addresses (as a daemon running for a while would).
+    net.wait_until("A and B know their public addresses", Duration::from_secs(15), || {
+        observed_both(&net.home_a) && observed_both(&net.home_b)
+    });
 
     let long_out = tempfile::NamedTempFile::new().unwrap();
     let started = Instant::now();

@@ -200,6 +200,19 @@ pub fn reserved(home: &Home) -> bool {
         .is_some_and(|r| r.iter().any(|r| r["state"] == "reserved"))
 }
 
+/// Whether the gateway knows its public address on both TCP and QUIC (what hole punching offers).
+pub fn observed_both(home: &Home) -> bool {
+    let status = status(home);
+    let observed: Vec<String> = status["observed"]
+        .as_array()
+        .map(|a| a.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect())
+        .unwrap_or_default();
+    let public = |a: &&String| a.starts_with("/ip4/198.18.");
+    let tcp = observed.iter().filter(public).any(|a| a.contains("/tcp/"));
+    let quic = observed.iter().filter(public).any(|a| a.contains("/quic-v1"));
+    tcp && quic
+}
+
 /// Paths ("direct"/"relayed") of the gateway's connections to `peer`.
 pub fn paths_to(home: &Home, peer: &str) -> Vec<String> {
     let status = status(home);

@@ -43,6 +43,9 @@ pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
 
 fn gateway_text(status: &NodeStatus) -> String {
     let mut out = format!("gateway {}\n", status.peer_id);
+    if !status.observed.is_empty() {
+        out.push_str(&format!("observed: {}\n", status.observed.join("  ")));
+    }
     if !status.reservations.is_empty() {
         out.push_str("reservations:\n");
         for r in &status.reservations {

@@ -117,7 +117,12 @@ pub struct Node {
     closed: std::collections::VecDeque<(tokio::time::Instant, PeerId, ConnectionId)>,
     access: Arc<Access>,
     tunnels: Arc<Tunnels>,
+    /// Our addresses as others observed them (identify), newest last, at most [`OBSERVED`].
+    observed: Vec<Multiaddr>,
 }
+
+/// Observed addresses kept for `status`.
+const OBSERVED: usize = 16;
 
 impl std::fmt::Debug for Node {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -185,6 +190,7 @@ impl Node {
             closed: std::collections::VecDeque::new(),
             access,
             tunnels,
+            observed: Vec::new(),
         })
     }
 
@@ -296,6 +302,7 @@ impl Node {
             role: "gateway".into(),
             peer_id: self.peer_id().to_base58(),
             listen: self.swarm.listeners().map(ToString::to_string).collect(),
+            observed: self.observed.iter().map(ToString::to_string).collect(),
             reservations: self.reservations.status(),
             peers: status::peers(self.connections.values(), &relays, |p| {
                 self.tunnels.count_peer(p)
@@ -371,6 +378,15 @@ impl Node {
                 }
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
+            SwarmEvent::NewExternalAddrCandidate { address } => {
+                if !self.observed.contains(&address) {
+                    debug!(%address, "observed address");
+                    if self.observed.len() == OBSERVED {
+                        self.observed.remove(0);
+                    }
+                    self.observed.push(address);
+                }
+            }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
         }

@@ -17,6 +17,9 @@ pub struct NodeStatus {
     pub role: String,
     pub peer_id: String,
     pub listen: Vec<String>,
+    /// Our addresses as peers (relays) saw them: what hole punching offers the other side.
+    #[serde(default)]
+    pub observed: Vec<String>,
     pub reservations: Vec<ReservationStatus>,
     pub peers: Vec<PeerStatus>,
     /// Tunnels open now, both ways.
