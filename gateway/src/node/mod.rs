@@ -378,14 +378,14 @@ impl Node {
                 }
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
-            SwarmEvent::NewExternalAddrCandidate { address } => {
-                if !self.observed.contains(&address) {
-                    debug!(%address, "observed address");
-                    if self.observed.len() == OBSERVED {
-                        self.observed.remove(0);
-                    }
-                    self.observed.push(address);
+            SwarmEvent::NewExternalAddrCandidate { address }
+                if !self.observed.contains(&address) =>
+            {
+                debug!(%address, "observed address");
+                if self.observed.len() == OBSERVED {
+                    self.observed.remove(0);
                 }
+                self.observed.push(address);
             }
             SwarmEvent::Behaviour(event) => self.on_behaviour_event(event),
             _ => {}
