@@ -39,6 +39,7 @@ netlab-notice:
 # The integration tests drive real clients; say what is missing instead of failing obscurely.
 check-tools:
 	@for tool in curl python3; do command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install $$tool)"; exit 1; }; done
+	@command -v dig >/dev/null || { echo "make test needs dig (apt-get install dnsutils)"; exit 1; }
 	@if [ "$$(id -u)" = 0 ]; then for tool in ip nft sysctl; do command -v $$tool >/dev/null || \
 	  { echo "the NAT lab needs $$tool (apt-get install iproute2 nftables procps)"; exit 1; }; done; fi
 

@@ -103,7 +103,7 @@ async fn direct_targets_follow_socks_direct() {
     let closed_home = Home::init();
     std::fs::write(
         closed_home.file("config.yaml"),
-        "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, direct: false }\n",
+        "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, direct: false }\ndns: { listen: null }\n",
     )
     .unwrap();
     let closed = Daemon::start(&closed_home);
@@ -268,7 +268,7 @@ async fn clients_past_socks_max_clients_wait_until_one_ends() {
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
     let echo = services::echo().await;
     let home = Home::init();
-    let config = "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, max_clients: 1 }\n";
+    let config = "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: { listen: 127.0.0.1:0, max_clients: 1 }\ndns: { listen: null }\n";
     std::fs::write(home.file("config.yaml"), config).unwrap();
     let node = Daemon::start(&home);
     let mut first = socks::connect(node.socks(), "127.0.0.1", echo.port()).await.expect("first");

@@ -49,6 +49,8 @@ pub struct Gateway {
     pub suffix: Label,
     pub direct: bool,
     pub connect_timeout: Duration,
+    /// The DNS server's address pool: a CONNECT to one of its addresses goes to its name.
+    pub pool: Option<Arc<std::sync::Mutex<peerup_resolver::Pool>>>,
     /// Each network's relays; a name in that network is also dialled through them.
     pub relays: HashMap<Label, Vec<RelayAddr>>,
 }
@@ -198,6 +200,7 @@ impl Connector for Gateway {
     type Stream = Either<TcpStream, Tunnel>;
 
     async fn connect(&self, target: Target) -> Result<Self::Stream, ConnectError> {
+        let target = self.unmap(target)?;
         if let Target::Name { host, port } = &target {
             match Name::parse(host, &self.suffix) {
                 Ok(Some(name)) => return self.tunnel(&name, *port).await.map(Either::Right),
@@ -206,6 +209,37 @@ impl Connector for Gateway {
             }
         }
         self.direct(&target).await.map(Either::Left)
+    }
+}
+
+impl Gateway {
+    /// An address from the DNS pool becomes the name it was given to; an address of the pool
+    /// that no name holds is "no such name" (never a direct connection).
+    fn unmap(&self, target: Target) -> Result<Target, ConnectError> {
+        let addr = match &target {
+            Target::Addr(std::net::SocketAddr::V4(addr)) => *addr,
+            // A SOCKS client may send an address as a hostname.
+            Target::Name { host, port } => match host.parse() {
+                Ok(ip) => std::net::SocketAddrV4::new(ip, *port),
+                Err(_) => return Ok(target),
+            },
+            Target::Addr(_) => return Ok(target),
+        };
+        let Some(pool) = &self.pool else { return Ok(target) };
+        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        if !pool.net().contains(*addr.ip()) {
+            return Ok(target);
+        }
+        match pool.name_of(*addr.ip()) {
+            Some(name) => Ok(Target::Name { host: name.to_owned(), port: addr.port() }),
+            None => Err(ConnectError::new(
+                FailureKind::NoSuchName,
+                format!(
+                    "{} is in the DNS pool but no name holds it (ask the DNS server again)",
+                    addr.ip()
+                ),
+            )),
+        }
     }
 }
 

@@ -27,6 +27,7 @@ use crate::auth::access::AccessLists;
 use crate::config::{Config, ConfigError, NameKey, NameValue, parse_names_file};
 use crate::connect::Gateway;
 use crate::control::ControlServer;
+use crate::dns::DnsService;
 use crate::files::{self, Home};
 use crate::identity;
 use crate::node::{Handle, Node, NodeOptions};
@@ -117,6 +118,7 @@ pub struct Daemon {
     /// The SOCKS connections and served streams.
     tasks: TaskTracker,
     accept_loops: TaskTracker,
+    dns: Option<DnsService>,
 }
 
 /// The shared pieces a gateway is made of, as the reload loop needs them.
@@ -160,12 +162,26 @@ impl Daemon {
         let host = ServiceHost::new(table, access.clone(), tunnels.clone(), limits);
         let names = Arc::new(ReloadableNames::new(names));
         let shared = Shared { access, tunnels, names, host: host.clone(), node: handle.clone() };
-        let gateway = Arc::new(gateway(&config, &shared, node.connected()));
+        let mut gateway = gateway(&config, &shared, node.connected());
+        let (accepting, abort) = (CancellationToken::new(), CancellationToken::new());
+        let (tasks, accept_loops) = (TaskTracker::new(), TaskTracker::new());
+        let dns = DnsService::start(
+            &config,
+            &home,
+            gateway.tiers.clone(),
+            None,
+            &accept_loops,
+            accepting.clone(),
+        )
+        .await?;
+        gateway.pool = dns.as_ref().map(|dns| dns.pool.clone());
+        let gateway = Arc::new(gateway);
 
         let stop = CancellationToken::new();
         let addrs = node.addresses();
         let mut state = State::new("gateway", peer, Some(socks_addr), control.path());
         state.libp2p = addrs.borrow().iter().map(ToString::to_string).collect();
+        state.dns = dns.as_ref().map(DnsService::local_addr);
         let node_task = tokio::spawn(node.run(stop.clone(), commands));
         let reloader =
             GatewayReload { home: home.clone(), shared, watched: Mutex::new(Vec::new()) };
@@ -174,12 +190,11 @@ impl Daemon {
             Parts { home, state, control, node: handle, node_task, stop, addrs: Some(addrs) };
         let runtime = Runtime::start(parts, reloader);
 
-        let (accepting, abort) = (CancellationToken::new(), CancellationToken::new());
-        let (tasks, accept_loops) = (TaskTracker::new(), TaskTracker::new());
         accept_loops.spawn(host.run(inbound_rx, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.spawn(socks.run(gateway, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.close();
-        info!(%peer, socks = %socks_addr, services = config.services.len(), "ready");
+        let dns_addr = dns.as_ref().map(DnsService::local_addr);
+        info!(%peer, socks = %socks_addr, dns = ?dns_addr, services = config.services.len(), "ready");
         Ok(Daemon {
             runtime,
             grace: config.limits.shutdown_grace.0,
@@ -187,6 +202,7 @@ impl Daemon {
             abort,
             tasks,
             accept_loops,
+            dns,
         })
     }
 
@@ -199,6 +215,9 @@ impl Daemon {
     /// every background task, remove state.json.
     pub async fn shutdown(self) {
         info!("shutting down");
+        if let Some(dns) = self.dns {
+            dns.shutdown().await;
+        }
         self.accepting.cancel();
         self.accept_loops.wait().await;
         self.tasks.close();
@@ -224,6 +243,7 @@ fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) 
         suffix: crate::config::suffix(),
         direct: config.socks.direct,
         connect_timeout: config.limits.connect_timeout.0,
+        pool: None,
         relays: config
             .networks
             .iter()

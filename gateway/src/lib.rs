@@ -34,6 +34,7 @@ pub mod config;
 pub mod connect;
 pub mod control;
 pub mod daemon;
+pub mod dns;
 pub mod files;
 pub mod identity;
 pub mod logging;

@@ -50,6 +50,8 @@ pub enum StartError {
     NoMembers(PathBuf),
     #[error("cannot bind the SOCKS listener {addr}: {source}")]
     Socks { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    Dns(#[from] crate::dns::DnsError),
 }
 
 impl StartError {
@@ -64,6 +66,7 @@ impl StartError {
             StartError::Control(_) => "control socket",
             StartError::NoMembers(_) => "relay members",
             StartError::Socks { .. } => "SOCKS listener",
+            StartError::Dns(_) => "DNS server",
         }
     }
 }
@@ -80,6 +83,9 @@ pub struct State {
     pub socks: Option<SocketAddr>,
     pub libp2p: Vec<String>,
     pub control: PathBuf,
+    /// The DNS server (UDP and TCP), when it runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dns: Option<SocketAddr>,
 }
 
 impl State {
@@ -103,6 +109,7 @@ impl State {
             socks,
             libp2p: Vec::new(),
             control: control.to_owned(),
+            dns: None,
         }
     }
 }

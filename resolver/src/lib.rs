@@ -10,13 +10,19 @@
 //!   `PEERLABEL.NETWORK.p2p`).
 //! - [`tier`]: the [`Resolve`] trait every tier implements, the local names tier, and [`Tiers`],
 //!   which asks them in order and falls back to reading a peer label.
+//! - [`pool`]: the fake-IP pool (a loopback address per answered name, and back).
+//! - [`dns`]: the local DNS server answering `.p2p` names from the tiers and the pool.
 
+pub mod dns;
 pub mod label;
 pub mod name;
+pub mod pool;
 pub mod tier;
 
+pub use dns::{DnsHandler, DnsOptions, DnsServer, Warm};
 pub use label::{PeerLabelError, parse_peer, peer_label};
 pub use name::{Label, Name, NameError};
+pub use pool::{Ipv4Net, Pool, PoolError};
 pub use tier::{
     LocalNames, NameEntry, NameEntryError, ReloadableNames, Resolution, Resolve, ResolveError,
     Tier, TierAnswer, Tiers,

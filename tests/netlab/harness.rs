@@ -272,7 +272,7 @@ impl Net {
             std::io::Write::write_all(&mut big, &chunk).unwrap();
         }
         let web = WebServer::start(lab, "hostb", www.path());
-        let listen = "listen: [/ip4/0.0.0.0/tcp/0, /ip4/0.0.0.0/udp/0/quic-v1]\nsocks: { listen: 127.0.0.1:0 }\n";
+        let listen = "listen: [/ip4/0.0.0.0/tcp/0, /ip4/0.0.0.0/udp/0/quic-v1]\nsocks: { listen: 127.0.0.1:0 }\ndns: { listen: 127.0.0.1:0 }\n";
         std::fs::write(
             home_b.file("config.yaml"),
             format!(

@@ -59,7 +59,7 @@ impl Home {
     /// Write config.yaml: loopback listeners on port 0, plus `extra` YAML.
     pub fn write_config(&self, extra: &str) {
         let config = format!(
-            "listen: [/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1]\nsocks: {{ listen: 127.0.0.1:0 }}\n{extra}"
+            "listen: [/ip4/127.0.0.1/tcp/0, /ip4/127.0.0.1/udp/0/quic-v1]\nsocks: {{ listen: 127.0.0.1:0 }}\ndns: {{ listen: 127.0.0.1:0 }}\n{extra}"
         );
         std::fs::write(self.file("config.yaml"), config).unwrap();
     }
@@ -142,6 +142,8 @@ pub struct State {
     pub socks: Option<SocketAddr>,
     pub libp2p: Vec<String>,
     pub control: PathBuf,
+    #[serde(default)]
+    pub dns: Option<SocketAddr>,
 }
 
 /// A running `peerup run`, killed on drop.
@@ -184,6 +186,11 @@ impl Daemon {
         let pid = self.child.id().to_string();
         let sent = Command::new("kill").args([&format!("-{name}"), &pid]).status();
         assert!(sent.is_ok_and(|s| s.success()), "kill -{name} {pid}");
+    }
+
+    /// The DNS server of a gateway.
+    pub fn dns(&self) -> SocketAddr {
+        self.state.dns.expect("the gateway runs its DNS server")
     }
 
     /// The SOCKS listener of a gateway.

@@ -16,10 +16,13 @@ mod unique;
 mod validate;
 
 pub use sections::{
-    Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, Network, Relay, RelayLimits, Service, Socks,
+    Dns, Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, Network, Relay, RelayLimits, Service,
+    Socks,
 };
 use sections::{default_authorized_keys, default_listen};
-pub use types::{Addr, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName};
+pub use types::{
+    Addr, DnsPool, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName,
+};
 use unique::unique_map;
 
 /// The config `peerup init` writes, and the defaults it documents.
@@ -74,6 +77,8 @@ pub struct Config {
     /// Read by `peerup relay` only.
     #[serde(default)]
     pub relay: Relay,
+    #[serde(default)]
+    pub dns: Dns,
 }
 
 impl Default for Config {
@@ -88,6 +93,7 @@ impl Default for Config {
             networks: BTreeMap::new(),
             mdns: false,
             relay: Relay::default(),
+            dns: Dns::default(),
         }
     }
 }

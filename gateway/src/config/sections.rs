@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Addr, Dur, HostPort, RelayAddr};
+use super::{Addr, DnsPool, Dur, HostPort, RelayAddr};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -71,6 +71,37 @@ pub struct Socks {
     /// SOCKS clients served at once; more wait in the listen backlog until one ends.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+}
+
+/// The local DNS server for `.p2p` names.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Dns {
+    /// UDP and TCP; `null` turns the server off.
+    #[serde(default = "default_dns_listen")]
+    pub listen: Option<SocketAddr>,
+    /// Loopback addresses handed out, one per name.
+    #[serde(default = "default_dns_pool")]
+    pub pool: DnsPool,
+    /// TTL of every answer.
+    #[serde(default = "default_dns_ttl")]
+    pub ttl: Dur,
+}
+
+impl Default for Dns {
+    fn default() -> Self {
+        Dns { listen: default_dns_listen(), pool: default_dns_pool(), ttl: default_dns_ttl() }
+    }
+}
+
+pub(super) fn default_dns_listen() -> Option<SocketAddr> {
+    Some(SocketAddr::from(([127, 0, 0, 1], 1053)))
+}
+pub(super) fn default_dns_pool() -> DnsPool {
+    DnsPool("127.80.0.0/12".parse().unwrap_or_else(|_| unreachable!("a valid network")))
+}
+pub(super) fn default_dns_ttl() -> Dur {
+    Dur(Duration::from_secs(10))
 }
 
 #[derive(Debug, Clone, Deserialize)]

@@ -46,6 +46,18 @@ impl FromStr for NetworkName {
 }
 from_str_deserialize!(NetworkName);
 
+/// The DNS server's address pool: a loopback network of at least 256 addresses.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsPool(pub peerup_resolver::Ipv4Net);
+
+impl FromStr for DnsPool {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse().map(DnsPool).map_err(|e| format!("{e}"))
+    }
+}
+from_str_deserialize!(DnsPool);
+
 impl fmt::Display for NetworkName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         self.0.fmt(f)

@@ -1,0 +1,135 @@
+//! The daemon's DNS server: the resolver crate's server on `dns.listen`, its address pool kept
+//! in `dns_pool.json` so a name keeps its address across restarts.
+//!
+//! The pool file is written by one saver task at most four times a second, only after a change,
+//! and once more at shutdown; it is read through the checked reader at start.
+
+use std::collections::BTreeMap;
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use peerup_resolver::{DnsHandler, DnsOptions, DnsServer, Pool, Tiers, Warm};
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{info, warn};
+
+use crate::config::Config;
+use crate::files::{self, Home, Kind};
+
+/// Names kept in the pool at most (an entry is a few dozen bytes).
+const POOL_CAPACITY: usize = 65_536;
+/// Answers a flood of queries can hold at once.
+const MAX_IN_FLIGHT: usize = 256;
+/// How often the saver looks for changes (a change is written within this; at most one write
+/// per interval however many names are added).
+const SAVE_EVERY: Duration = Duration::from_millis(250);
+
+/// A running DNS server and its pool.
+#[derive(Debug)]
+pub struct DnsService {
+    server: DnsServer,
+    pub pool: Arc<Mutex<Pool>>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DnsError {
+    #[error("cannot bind the DNS server on {addr} (UDP and TCP): {source}")]
+    Bind { addr: SocketAddr, source: std::io::Error },
+    #[error(transparent)]
+    File(#[from] files::FileError),
+    #[error("{path}: not a pool file ({reason}); move it away to start with an empty pool", path = path.display())]
+    Parse { path: PathBuf, reason: String },
+}
+
+impl DnsService {
+    /// Start the server when `dns.listen` is set; the saver runs on `tasks` until `stop`.
+    pub async fn start(
+        config: &Config,
+        home: &Home,
+        tiers: Tiers,
+        warm: Option<Warm>,
+        tasks: &TaskTracker,
+        stop: CancellationToken,
+    ) -> Result<Option<DnsService>, DnsError> {
+        let Some(listen) = config.dns.listen else { return Ok(None) };
+        let ttl = config.dns.ttl.0;
+        // A mapping returns to the pool only after many TTLs without a query.
+        let hold = ttl.saturating_mul(30).max(Duration::from_secs(300));
+        let mut pool = Pool::new(config.dns.pool.0, POOL_CAPACITY, hold);
+        let path = pool_path(home);
+        load(&path, &mut pool)?;
+        let pool = Arc::new(Mutex::new(pool));
+        let options = DnsOptions {
+            suffix: crate::config::suffix(),
+            ttl,
+            max_in_flight: MAX_IN_FLIGHT,
+            tcp_timeout: Duration::from_secs(10),
+        };
+        let handler = DnsHandler::new(options, tiers, pool.clone(), warm);
+        let server = DnsServer::bind(listen, handler)
+            .await
+            .map_err(|source| DnsError::Bind { addr: listen, source })?;
+        tasks.spawn(save_loop(pool.clone(), path, stop));
+        info!(dns = %server.local_addr(), pool = %config.dns.pool.0, "DNS server answering .p2p names");
+        Ok(Some(DnsService { server, pool }))
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.server.local_addr()
+    }
+
+    pub async fn shutdown(self) {
+        self.server.shutdown().await;
+    }
+}
+
+fn pool_path(home: &Home) -> PathBuf {
+    home.dir().join("dns_pool.json")
+}
+
+fn load(path: &std::path::Path, pool: &mut Pool) -> Result<(), DnsError> {
+    let text = match files::read_checked_text(path, Kind::Config) {
+        Ok(text) => text,
+        Err(error) if error.is_not_found() => return Ok(()),
+        Err(error) => return Err(error.into()),
+    };
+    let saved: BTreeMap<String, Ipv4Addr> = serde_json::from_str(&text)
+        .map_err(|e| DnsError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+    let now = Instant::now();
+    let skipped = saved.iter().filter(|(name, addr)| !pool.restore(name, **addr, now)).count();
+    if skipped > 0 {
+        warn!(skipped, pool = %pool.net(), "saved DNS addresses outside the pool or clashing were dropped");
+    }
+    Ok(())
+}
+
+fn save(pool: &Mutex<Pool>, path: &std::path::Path) -> u64 {
+    let (generation, text) = {
+        let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
+        let entries: BTreeMap<&str, Ipv4Addr> = pool.entries().collect();
+        (pool.generation(), serde_json::to_string_pretty(&entries).unwrap_or_default())
+    };
+    if let Err(error) = files::write_atomic(path, text.as_bytes(), 0o600) {
+        warn!(%error, "cannot save the DNS pool");
+    }
+    generation
+}
+
+async fn save_loop(pool: Arc<Mutex<Pool>>, path: PathBuf, stop: CancellationToken) {
+    let mut saved = pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
+    loop {
+        tokio::select! {
+            () = stop.cancelled() => break,
+            () = tokio::time::sleep(SAVE_EVERY) => {}
+        }
+        let now = pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
+        if now != saved {
+            saved = save(&pool, &path);
+        }
+    }
+    if pool.lock().unwrap_or_else(|e| e.into_inner()).generation() != saved {
+        save(&pool, &path);
+    }
+}

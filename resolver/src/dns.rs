@@ -1,0 +1,222 @@
+//! The local DNS server: `.p2p` names for apps that resolve names themselves.
+//!
+//! Answers come from our own [`RequestHandler`] (no zone files): a name under the suffix that
+//! the tiers resolve gets an A record from the [`Pool`] and a TXT record with the peer ID in
+//! base58; AAAA gets an empty answer (NODATA); an unknown name NXDOMAIN; a tier that cannot
+//! answer now SERVFAIL; anything outside the suffix REFUSED (never forwarded); a message that is
+//! not a single standard query FORMERR or NOTIMP. hickory spawns a task per UDP query with no
+//! limit, so queries past `max_in_flight` get SERVFAIL at once instead of a lookup.
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use hickory_server::Server;
+use hickory_server::net::runtime::Time;
+use hickory_server::proto::op::{
+    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+};
+use hickory_server::proto::rr::rdata::{A, TXT};
+use hickory_server::proto::rr::{Name as DnsName, RData, Record, RecordType};
+use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
+use hickory_server::zone_handler::MessageResponseBuilder;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::Semaphore;
+use tracing::{debug, warn};
+
+use crate::name::{Label, Name};
+use crate::pool::{Pool, PoolError};
+use crate::tier::{Resolution, ResolveError, Tiers};
+
+/// How the server answers.
+#[derive(Debug, Clone)]
+pub struct DnsOptions {
+    pub suffix: Label,
+    /// TTL of every answer: short, so edits and pool changes show quickly.
+    pub ttl: Duration,
+    /// Queries answered at once; more get SERVFAIL without a lookup.
+    pub max_in_flight: usize,
+    /// A TCP client that sends nothing for this long is closed.
+    pub tcp_timeout: Duration,
+}
+
+/// Called for every name the server answered for, so its peer can be reached ahead of the
+/// connect that follows (the caller bounds the work it starts).
+pub type Warm = Arc<dyn Fn(&Name, &Resolution) + Send + Sync>;
+
+/// Answers queries; shared by the UDP and TCP listeners.
+pub struct DnsHandler {
+    options: DnsOptions,
+    tiers: Tiers,
+    pool: Arc<Mutex<Pool>>,
+    in_flight: Semaphore,
+    warm: Option<Warm>,
+}
+
+impl std::fmt::Debug for DnsHandler {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsHandler").field("suffix", &self.options.suffix).finish()
+    }
+}
+
+impl DnsHandler {
+    pub fn new(
+        options: DnsOptions,
+        tiers: Tiers,
+        pool: Arc<Mutex<Pool>>,
+        warm: Option<Warm>,
+    ) -> Self {
+        let in_flight = Semaphore::new(options.max_in_flight);
+        DnsHandler { options, tiers, pool, in_flight, warm }
+    }
+
+    /// What to answer for `qname` and `qtype`.
+    async fn answer(&self, qname: &str, qtype: RecordType) -> Result<Vec<RData>, ResponseCode> {
+        let name = match Name::parse(qname, &self.options.suffix) {
+            Ok(Some(name)) => name,
+            Ok(None) => return Err(ResponseCode::Refused),
+            Err(_) => return Err(ResponseCode::NXDomain),
+        };
+        let Ok(_permit) = self.in_flight.try_acquire() else {
+            warn!("too many DNS queries at once: answering SERVFAIL");
+            return Err(ResponseCode::ServFail);
+        };
+        let resolution = match self.tiers.resolve(&name).await {
+            Ok(resolution) => resolution,
+            Err(ResolveError::NoSuchName(_)) => return Err(ResponseCode::NXDomain),
+            Err(error @ ResolveError::Unavailable { .. }) => {
+                debug!(%error, "cannot answer now");
+                return Err(ResponseCode::ServFail);
+            }
+        };
+        if let Some(warm) = &self.warm {
+            warm(&name, &resolution);
+        }
+        match qtype {
+            RecordType::A => {
+                let key = qname.trim_end_matches('.').to_ascii_lowercase();
+                let addr = self
+                    .pool
+                    .lock()
+                    .unwrap_or_else(|e| e.into_inner())
+                    .address(&key, Instant::now());
+                match addr {
+                    Ok(addr) => Ok(vec![RData::A(A(addr))]),
+                    Err(error @ PoolError::Full(..)) => {
+                        warn!(%error, "no address for a name");
+                        Err(ResponseCode::ServFail)
+                    }
+                }
+            }
+            RecordType::TXT => Ok(vec![RData::TXT(TXT::new(vec![resolution.peer.to_base58()]))]),
+            _ => Ok(Vec::new()),
+        }
+    }
+}
+
+#[async_trait::async_trait]
+impl RequestHandler for DnsHandler {
+    async fn handle_request<R: ResponseHandler, T: Time>(
+        &self,
+        request: &Request,
+        mut response_handle: R,
+    ) -> ResponseInfo {
+        let builder = MessageResponseBuilder::from_message_request(request);
+        let metadata = &request.metadata;
+        let standard =
+            metadata.message_type == MessageType::Query && metadata.op_code == OpCode::Query;
+        let info = match (standard, request.request_info()) {
+            (false, _) => Err(ResponseCode::NotImp),
+            (true, Err(_)) => Err(ResponseCode::FormErr),
+            (true, Ok(info)) => Ok(info),
+        };
+        let outcome = match &info {
+            Ok(info) => {
+                let qname = info.query.name().to_string();
+                let qtype = info.query.query_type();
+                self.answer(&qname, qtype)
+                    .await
+                    .map(|rdata| (info.query.original().name().clone(), rdata))
+            }
+            Err(code) => Err(*code),
+        };
+        let sent = match outcome {
+            Ok((qname, rdata)) => {
+                let ttl = u32::try_from(self.options.ttl.as_secs()).unwrap_or(u32::MAX);
+                let records: Vec<Record> = rdata
+                    .into_iter()
+                    .map(|rdata| Record::from_rdata(DnsName::clone(&qname), ttl, rdata))
+                    .collect();
+                let mut response_meta = Metadata::response_from_request(metadata);
+                response_meta.authoritative = true;
+                let response = builder.build(response_meta, records.iter(), [], [], []);
+                response_handle.send_response(response).await
+            }
+            Err(code) => {
+                let response = builder.error_msg(metadata, code);
+                response_handle.send_response(response).await
+            }
+        };
+        match sent {
+            Ok(info) => info,
+            Err(error) => {
+                debug!(%error, "could not send a DNS response");
+                let mut failed = Metadata::response_from_request(metadata);
+                failed.response_code = ResponseCode::ServFail;
+                ResponseInfo::from(Header { metadata: failed, counts: HeaderCounts::default() })
+            }
+        }
+    }
+}
+
+/// A running DNS server on one UDP socket and one TCP listener (same address).
+pub struct DnsServer {
+    server: Server<DnsHandler>,
+    addr: SocketAddr,
+}
+
+impl std::fmt::Debug for DnsServer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DnsServer").field("addr", &self.addr).finish()
+    }
+}
+
+impl DnsServer {
+    /// Bind UDP and TCP on `listen` (port 0: one free port for both) and start answering.
+    pub async fn bind(listen: SocketAddr, handler: DnsHandler) -> std::io::Result<DnsServer> {
+        let tcp_timeout = handler.options.tcp_timeout;
+        let (udp, tcp) = bind_both(listen).await?;
+        let addr = udp.local_addr()?;
+        let mut server = Server::new(handler);
+        server.register_socket(udp);
+        server.register_listener(tcp, tcp_timeout, 64 * 1024);
+        Ok(DnsServer { server, addr })
+    }
+
+    pub fn local_addr(&self) -> SocketAddr {
+        self.addr
+    }
+
+    /// Stop answering and wait for the listeners to end.
+    pub async fn shutdown(mut self) {
+        if let Err(error) = self.server.shutdown_gracefully().await {
+            debug!(%error, "DNS server shutdown");
+        }
+    }
+}
+
+/// UDP and TCP on the same port: with port 0, try free UDP ports until TCP gets the same one.
+async fn bind_both(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListener)> {
+    if listen.port() != 0 {
+        return Ok((UdpSocket::bind(listen).await?, TcpListener::bind(listen).await?));
+    }
+    let mut last = None;
+    for _ in 0..16 {
+        let udp = UdpSocket::bind(listen).await?;
+        match TcpListener::bind(udp.local_addr()?).await {
+            Ok(tcp) => return Ok((udp, tcp)),
+            Err(error) => last = Some(error),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free port for both UDP and TCP")))
+}

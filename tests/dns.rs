@@ -1,0 +1,118 @@
+//! The local DNS server, asked with real `dig`: `.p2p` names get a stable loopback address and
+//! a TXT record with the peer ID; unknown names NXDOMAIN, AAAA NODATA, other domains REFUSED;
+//! garbage does not stop it; an app that resolved through it reaches the peer through SOCKS.
+
+#![allow(clippy::unwrap_used)] // test set-up: a failed step should stop the test
+
+mod support;
+
+use std::net::SocketAddr;
+use std::process::Command;
+
+use support::services;
+use support::{Daemon, Pair};
+
+/// `dig` against `server` (UDP, or TCP with `tcp`); the answer section and the status.
+fn dig(server: SocketAddr, name: &str, qtype: &str, tcp: bool) -> (String, Vec<String>) {
+    let mut command = Command::new("dig");
+    command
+        .arg(format!("@{}", server.ip()))
+        .args(["-p", &server.port().to_string(), name, qtype, "+tries=1", "+time=5"])
+        .args(["+noall", "+answer", "+comments"]);
+    if tcp {
+        command.arg("+tcp");
+    }
+    let out = command.output().expect("dig is installed (dnsutils)");
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let status = text
+        .lines()
+        .find_map(|l| l.split("status: ").nth(1))
+        .map(|s| s.split(',').next().unwrap_or("").to_owned())
+        .unwrap_or_else(|| panic!("dig {name} {qtype}: no status in\n{text}"));
+    let answers = text
+        .lines()
+        .filter(|l| !l.starts_with(';') && !l.trim().is_empty())
+        .map(|l| l.split_whitespace().last().unwrap_or("").trim_matches('"').to_owned())
+        .collect();
+    (status, answers)
+}
+
+fn serving_pair() -> (Pair, SocketAddr) {
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    (pair, web)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_get_a_stable_pool_address_and_the_peer_id_over_udp_and_tcp() {
+    let (pair, _) = serving_pair();
+    let dns = pair.b.dns();
+    let (status, a) = dig(dns, "home.alice.p2p", "A", false);
+    assert_eq!(status, "NOERROR");
+    assert_eq!(a.len(), 1, "{a:?}");
+    let addr: std::net::Ipv4Addr = a[0].parse().unwrap();
+    let octets = addr.octets();
+    assert!(octets[0] == 127 && (80..96).contains(&octets[1]), "{addr} in 127.80.0.0/12");
+    assert_eq!(dig(dns, "HOME.Alice.p2p.", "A", true).1, a, "same address, any case, over TCP");
+    let (status, txt) = dig(dns, "home.alice.p2p", "TXT", false);
+    assert_eq!((status.as_str(), txt), ("NOERROR", vec![pair.home_a.peer_id.clone()]));
+    let (status, aaaa) = dig(dns, "home.alice.p2p", "AAAA", true);
+    assert_eq!((status.as_str(), aaaa.len()), ("NOERROR", 0), "NODATA for AAAA");
+    assert_eq!(dig(dns, "nosuch.alice.p2p", "A", false).0, "NXDOMAIN");
+    assert_eq!(dig(dns, "a.b.c.p2p", "A", true).0, "NXDOMAIN");
+    assert_eq!(dig(dns, "example.com", "A", false).0, "REFUSED", "never forwarded");
+    assert_eq!(dig(dns, "example.com", "A", true).0, "REFUSED");
+
+    // The same address after a restart (stopped as a service manager would).
+    let home_b = pair.home_b;
+    pair.b.sigterm();
+    assert!(pair.b.wait().success());
+    let b = Daemon::start(&home_b);
+    assert_eq!(dig(b.dns(), "home.alice.p2p", "A", false).1, a, "kept across a restart");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn garbage_packets_do_not_stop_the_server() {
+    let (pair, _) = serving_pair();
+    let dns = pair.b.dns();
+    let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    for garbage in [
+        &b""[..],
+        b"\x00",
+        &[0xffu8; 12],
+        &[0u8; 512],
+        b"\x12\x34\x01\x00\x00\x01\x00\x00\x00\x00\x00\x00\xff\xff",
+    ] {
+        socket.send_to(garbage, dns).await.unwrap();
+    }
+    let mut tcp = tokio::net::TcpStream::connect(dns).await.unwrap();
+    tokio::io::AsyncWriteExt::write_all(&mut tcp, b"\x00\x05hello").await.unwrap();
+    drop(tcp);
+    assert_eq!(dig(dns, "home.alice.p2p", "TXT", false).0, "NOERROR", "still answering");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_socks_connect_to_a_pool_address_reaches_the_name() {
+    let web = services::http("through the pool").await;
+    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let (_, a) = dig(pair.b.dns(), "home.alice.p2p", "A", false);
+    // curl --socks5 (not socks5h): curl resolves the name itself; here with the address our
+    // DNS gave, as an app using system DNS pointed at us would.
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--socks5"])
+        .arg(pair.b.socks().to_string())
+        .args(["--resolve", &format!("home.alice.p2p:80:{}", a[0])])
+        .arg("http://home.alice.p2p/")
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{err}\n{}", pair.b.log.text());
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "through the pool");
+    // A pool address no name holds is refused, never tried directly.
+    let reply = support::socks::connect(pair.b.socks(), "127.80.0.1", 80).await.err();
+    assert_eq!(reply, Some(0x04), "no such name");
+}
