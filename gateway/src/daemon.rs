@@ -127,6 +127,8 @@ struct Shared {
     access: Arc<Access>,
     tunnels: Arc<Tunnels>,
     names: Arc<ReloadableNames>,
+    /// The tiers over `names`, whose answer cache a reload clears.
+    tiers: Tiers,
     host: Arc<ServiceHost>,
     node: Handle,
 }
@@ -161,7 +163,9 @@ impl Daemon {
         let table = ServiceTable::from_config(&config);
         let host = ServiceHost::new(table, access.clone(), tunnels.clone(), limits);
         let names = Arc::new(ReloadableNames::new(names));
-        let shared = Shared { access, tunnels, names, host: host.clone(), node: handle.clone() };
+        let tiers = Tiers::new(vec![names.clone() as Arc<dyn Resolve>]);
+        let shared =
+            Shared { access, tunnels, names, tiers, host: host.clone(), node: handle.clone() };
         let mut gateway = gateway(&config, &shared, node.connected());
         let (accepting, abort) = (CancellationToken::new(), CancellationToken::new());
         let (tasks, accept_loops) = (TaskTracker::new(), TaskTracker::new());
@@ -235,7 +239,7 @@ impl Daemon {
 /// The SOCKS front end's connector: local names, tunnels through the node, direct connections.
 fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) -> Gateway {
     Gateway {
-        tiers: Tiers::new(vec![shared.names.clone() as Arc<dyn Resolve>]),
+        tiers: shared.tiers.clone(),
         node: shared.node.clone(),
         connected,
         tunnels: shared.tunnels.clone(),
@@ -325,6 +329,7 @@ impl Reload for GatewayReload {
         let shared = &self.shared;
         shared.access.replace(lists);
         shared.names.replace(names);
+        shared.tiers.invalidate();
         shared.host.replace_services(ServiceTable::from_config(&config));
         self.enforce().await;
         Ok(summary)

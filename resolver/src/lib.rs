@@ -13,6 +13,7 @@
 //! - [`pool`]: the fake-IP pool (a loopback address per answered name, and back).
 //! - [`dns`]: the local DNS server answering `.p2p` names from the tiers and the pool.
 
+pub mod cache;
 pub mod dns;
 pub mod label;
 pub mod name;

@@ -50,7 +50,7 @@ impl fmt::Display for Label {
 }
 
 /// A parsed name under the suffix.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub enum Name {
     /// `HOST.NETWORK.suffix`.
     Host { host: Label, network: Label, verbatim_host: String },

@@ -16,6 +16,7 @@ use std::time::Duration;
 use libp2p_identity::PeerId;
 use multiaddr::{Multiaddr, Protocol};
 
+use crate::cache::Cache;
 use crate::label::parse_peer;
 use crate::name::{Label, Name};
 
@@ -207,19 +208,30 @@ impl Resolve for ReloadableNames {
     }
 }
 
-/// The tiers in order.
+/// The tiers in order, with one answer cache shared by every clone (see [`crate::cache`]).
 #[derive(Debug, Clone, Default)]
 pub struct Tiers {
     tiers: Vec<Arc<dyn Resolve>>,
+    cache: Arc<Cache>,
 }
 
 impl Tiers {
     pub fn new(tiers: Vec<Arc<dyn Resolve>>) -> Self {
-        Tiers { tiers }
+        Tiers { tiers, cache: Arc::default() }
     }
 
-    /// Resolve a parsed name; the first tier with an answer wins.
+    /// Resolve a parsed name: a cached answer, or the first tier with one (identical lookups in
+    /// flight share one).
     pub async fn resolve(&self, name: &Name) -> Result<Resolution, ResolveError> {
+        self.cache.get_or_lookup(name, self.lookup(name)).await
+    }
+
+    /// Forget cached answers (a tier's names changed).
+    pub fn invalidate(&self) {
+        self.cache.clear();
+    }
+
+    async fn lookup(&self, name: &Name) -> Result<Resolution, ResolveError> {
         let (host, network, verbatim) = match name {
             Name::Peer { peer } => return Ok(self.peer_label_answer(*peer)),
             Name::Host { host, network, verbatim_host } => (host, network, verbatim_host),
