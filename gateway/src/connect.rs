@@ -53,9 +53,72 @@ pub struct Gateway {
     pub pool: Option<Arc<std::sync::Mutex<peerup_resolver::Pool>>>,
     /// Each network's relays; a name in that network is also dialled through them.
     pub relays: HashMap<Label, Vec<RelayAddr>>,
+    /// Peers warmed lately (at most [`WARMED`]), and the rate of warm-ups in total.
+    pub warmed: Warmed,
+}
+
+/// Peers remembered as warmed lately; one warm-up per peer per [`WARM_AGAIN`].
+const WARMED: usize = 1024;
+const WARM_AGAIN: Duration = Duration::from_secs(10);
+/// Warm-ups started per second at most, whatever the queries.
+const WARMS_PER_SECOND: u32 = 20;
+
+/// The bounds on warm-ups: a flood of queries for random names must not become a flood of dials.
+#[derive(Debug)]
+pub struct Warmed {
+    recent: std::sync::Mutex<HashMap<libp2p::PeerId, tokio::time::Instant>>,
+    rate: governor::DefaultDirectRateLimiter,
+}
+
+impl Default for Warmed {
+    fn default() -> Self {
+        let per_second =
+            std::num::NonZeroU32::new(WARMS_PER_SECOND).unwrap_or(std::num::NonZeroU32::MIN);
+        Warmed {
+            recent: std::sync::Mutex::new(HashMap::new()),
+            rate: governor::RateLimiter::direct(governor::Quota::per_second(per_second)),
+        }
+    }
+}
+
+impl Warmed {
+    /// May `peer` be warmed now? Records it if so.
+    fn admit(&self, peer: libp2p::PeerId) -> bool {
+        let now = tokio::time::Instant::now();
+        let mut recent = self.recent.lock().unwrap_or_else(|e| e.into_inner());
+        if recent.get(&peer).is_some_and(|at| now.duration_since(*at) < WARM_AGAIN) {
+            return false;
+        }
+        if recent.len() >= WARMED {
+            recent.retain(|_, at| now.duration_since(*at) < WARM_AGAIN);
+            if recent.len() >= WARMED {
+                return false;
+            }
+        }
+        if self.rate.check().is_err() {
+            return false;
+        }
+        recent.insert(peer, now);
+        true
+    }
 }
 
 impl Gateway {
+    /// A DNS answer for `name`: start connecting to its peer, so the connect that follows finds
+    /// a path ready. Bounded per peer and in total; never waits.
+    pub fn warm(&self, name: &Name, resolution: &peerup_resolver::Resolution) {
+        let peer = resolution.peer;
+        if self.connected.contains(&peer) || !self.warmed.admit(peer) {
+            return;
+        }
+        self.access.choose(peer);
+        let mut addrs = resolution.addrs.clone();
+        addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
+        if !self.node.warm(peer, addrs) {
+            debug!(%peer, "warm-up skipped: the node is busy");
+        }
+    }
+
     /// Resolve `name` and open a tunnel to its service on `port`, all within one deadline.
     pub async fn tunnel(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
         let deadline = tokio::time::Instant::now() + self.connect_timeout;

@@ -167,19 +167,24 @@ impl Daemon {
         let shared =
             Shared { access, tunnels, names, tiers, host: host.clone(), node: handle.clone() };
         let mut gateway = gateway(&config, &shared, node.connected());
+        let pool = DnsService::pool(&config, &home)?;
+        gateway.pool = pool.clone();
+        let gateway = Arc::new(gateway);
         let (accepting, abort) = (CancellationToken::new(), CancellationToken::new());
         let (tasks, accept_loops) = (TaskTracker::new(), TaskTracker::new());
-        let dns = DnsService::start(
-            &config,
-            &home,
-            gateway.tiers.clone(),
-            None,
-            &accept_loops,
-            accepting.clone(),
-        )
-        .await?;
-        gateway.pool = dns.as_ref().map(|dns| dns.pool.clone());
-        let gateway = Arc::new(gateway);
+        let dns = match pool {
+            Some(pool) => {
+                let warming = gateway.clone();
+                let warm: peerup_resolver::Warm =
+                    Arc::new(move |name, resolution| warming.warm(name, resolution));
+                let tiers = gateway.tiers.clone();
+                let stop = accepting.clone();
+                let started =
+                    DnsService::start(&config, &home, pool, tiers, Some(warm), &accept_loops, stop);
+                Some(started.await?)
+            }
+            None => None,
+        };
 
         let stop = CancellationToken::new();
         let addrs = node.addresses();
@@ -248,6 +253,7 @@ fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) 
         direct: config.socks.direct,
         connect_timeout: config.limits.connect_timeout.0,
         pool: None,
+        warmed: Default::default(),
         relays: config
             .networks
             .iter()

@@ -44,23 +44,32 @@ pub enum DnsError {
 }
 
 impl DnsService {
-    /// Start the server when `dns.listen` is set; the saver runs on `tasks` until `stop`.
+    /// The address pool, with the mappings saved in the home, when `dns.listen` is set.
+    pub fn pool(config: &Config, home: &Home) -> Result<Option<Arc<Mutex<Pool>>>, DnsError> {
+        if config.dns.listen.is_none() {
+            return Ok(None);
+        }
+        // A mapping returns to the pool only after many TTLs without a query.
+        let hold = config.dns.ttl.0.saturating_mul(30).max(Duration::from_secs(300));
+        let mut pool = Pool::new(config.dns.pool.0, POOL_CAPACITY, hold);
+        load(&pool_path(home), &mut pool)?;
+        Ok(Some(Arc::new(Mutex::new(pool))))
+    }
+
+    /// Start the server on `pool` (from [`DnsService::pool`]); the saver runs on `tasks` until
+    /// `stop`.
     pub async fn start(
         config: &Config,
         home: &Home,
+        pool: Arc<Mutex<Pool>>,
         tiers: Tiers,
         warm: Option<Warm>,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> Result<Option<DnsService>, DnsError> {
-        let Some(listen) = config.dns.listen else { return Ok(None) };
+    ) -> Result<DnsService, DnsError> {
+        let listen = config.dns.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
         let ttl = config.dns.ttl.0;
-        // A mapping returns to the pool only after many TTLs without a query.
-        let hold = ttl.saturating_mul(30).max(Duration::from_secs(300));
-        let mut pool = Pool::new(config.dns.pool.0, POOL_CAPACITY, hold);
         let path = pool_path(home);
-        load(&path, &mut pool)?;
-        let pool = Arc::new(Mutex::new(pool));
         let options = DnsOptions {
             suffix: crate::config::suffix(),
             ttl,
@@ -73,7 +82,7 @@ impl DnsService {
             .map_err(|source| DnsError::Bind { addr: listen, source })?;
         tasks.spawn(save_loop(pool.clone(), path, stop));
         info!(dns = %server.local_addr(), pool = %config.dns.pool.0, "DNS server answering .p2p names");
-        Ok(Some(DnsService { server, pool }))
+        Ok(DnsService { server, pool })
     }
 
     pub fn local_addr(&self) -> SocketAddr {

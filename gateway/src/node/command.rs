@@ -24,6 +24,9 @@ pub struct Opened {
 pub enum Command {
     /// Open a tunnel stream to `peer`, dialling `addrs` if no connection exists.
     Open { peer: PeerId, addrs: Vec<Multiaddr>, reply: oneshot::Sender<Result<Opened, OpenError>> },
+    /// Connect to `peer` ahead of an open (a DNS answer for its name): dial `addrs` unless a
+    /// connection or a dial exists.
+    Warm { peer: PeerId, addrs: Vec<Multiaddr> },
     /// The access lists changed: close the connections of peers no list allows any more.
     AccessChanged,
     /// Close every connection to `peer`, resetting its tunnels first.
@@ -59,6 +62,12 @@ impl Handle {
         let (reply, answer) = oneshot::channel();
         self.send(Command::Open { peer, addrs, reply }).await.map_err(|_| OpenError::Shutdown)?;
         answer.await.map_err(|_| OpenError::Shutdown)?
+    }
+
+    /// Ask for a connection to `peer` ahead of use, if the queue has room (a warm-up is an
+    /// optimisation: it never waits). Returns whether it was queued.
+    pub fn warm(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
+        self.commands.try_send(Command::Warm { peer, addrs }).is_ok()
     }
 
     /// A status snapshot.

@@ -270,6 +270,7 @@ impl Node {
             Command::Open { peer, addrs, reply } => {
                 self.swarm.behaviour_mut().tunnel.open(peer, addrs, reply);
             }
+            Command::Warm { peer, addrs } => self.swarm.behaviour_mut().tunnel.warm(peer, addrs),
             Command::AccessChanged => self.enforce_access(),
             Command::Disconnect(peer) => self.disconnect(peer, Reason::Revoked),
             Command::Status(reply) => {

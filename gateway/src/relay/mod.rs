@@ -222,6 +222,8 @@ impl RelayNode {
             Command::Open { reply, .. } => {
                 let _ = reply.send(Err(OpenError::Unsupported));
             }
+            // A relay opens no tunnels, so it warms no paths.
+            Command::Warm { .. } => {}
         }
     }
 

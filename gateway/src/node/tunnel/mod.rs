@@ -216,6 +216,26 @@ impl Behaviour {
         self.waiting.entry(peer).or_default().push(reply);
     }
 
+    /// Dial `peer` ahead of an open, unless a connection or a dial to it exists.
+    pub fn warm(&mut self, peer: PeerId, mut addrs: Vec<Multiaddr>) {
+        if self.pick(&peer).is_some() || self.dials.values().any(|p| *p == peer) {
+            return;
+        }
+        for addr in self.known.get(&peer).into_iter().flatten() {
+            if !addrs.contains(addr) {
+                addrs.push(addr.clone());
+            }
+        }
+        if addrs.is_empty() {
+            return;
+        }
+        debug!(%peer, "warming a path");
+        let opts =
+            DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        self.dials.insert(opts.connection_id(), peer);
+        self.events.push_back(ToSwarm::Dial { opts });
+    }
+
     fn send_to_handler(&mut self, peer: PeerId, connection: ConnectionId, reply: Reply) {
         let id = self.next_id;
         self.next_id += 1;
