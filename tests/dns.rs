@@ -152,3 +152,70 @@ async fn a_dns_answer_warms_the_path_to_the_peer() {
         warm_connect.as_secs_f64() * 1000.0
     ));
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn another_suffix_is_honoured_by_dns_socks_and_resolve() {
+    let web = services::http("under .mesh").await;
+    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let (home_b, a_addr) = (pair.home_b, pair.a.tcp_multiaddr());
+    drop(pair.b);
+    std::fs::write(
+        home_b.file("config.yaml"),
+        format!(
+            "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: {{ listen: 127.0.0.1:0 }}\ndns: {{ listen: 127.0.0.1:0, suffix: mesh }}\nnames:\n  home.alice: {a_addr}\n"
+        ),
+    )
+    .unwrap();
+    let b = Daemon::start(&home_b);
+    assert_eq!(dig(b.dns(), "home.alice.mesh", "A", false).0, "NOERROR");
+    assert_eq!(dig(b.dns(), "home.alice.p2p", "A", false).0, "REFUSED", "not ours any more");
+    let out = Command::new("curl")
+        .args(["-sS", "--max-time", "20", "--socks5-hostname"])
+        .arg(b.socks().to_string())
+        .arg("http://home.alice.mesh/")
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "under .mesh", "{}", b.log.text());
+    let resolved = support::peerup(home_b.path(), &["resolve", "home.alice"]);
+    assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+    let resolved = support::peerup(home_b.path(), &["resolve", "home.alice.mesh"]);
+    assert!(resolved.status.success(), "{}", String::from_utf8_lossy(&resolved.stderr));
+}
+
+#[test]
+fn peerup_resolve_answers_through_the_running_daemon_or_alone() {
+    use std::os::unix::fs::PermissionsExt;
+    let other = support::Home::init();
+    let home = support::Home::init();
+    home.write_config(&format!(
+        "names:\n  box.lab: /ip4/192.0.2.7/tcp/4001/p2p/{}\n",
+        other.peer_id
+    ));
+    let json = |out: std::process::Output| -> serde_json::Value {
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    // No daemon: the local names.
+    let alone = json(support::peerup(home.path(), &["resolve", "box.lab", "--json"]));
+    assert_eq!(alone["peer_id"], other.peer_id.as_str());
+    assert_eq!(alone["tier"], "local");
+    assert_eq!(alone["addrs"][0], "/ip4/192.0.2.7/tcp/4001");
+    assert_eq!(support::peerup(home.path(), &["resolve", "nas.lab"]).status.code(), Some(3));
+    // A daemon: asked through its control socket. With config.yaml made unreadable to the
+    // checked reader (mode 666), only the daemon can still answer.
+    let daemon = Daemon::start(&home);
+    std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o666))
+        .unwrap();
+    let through = json(support::peerup(home.path(), &["resolve", "box.lab.p2p", "--json"]));
+    assert_eq!(through["peer_id"], other.peer_id.as_str(), "{}", daemon.log.text());
+    let text = support::peerup(home.path(), &["resolve", "box.lab"]);
+    assert!(
+        String::from_utf8_lossy(&text.stdout)
+            .starts_with(&format!("{}\ttier=local\tttl=", other.peer_id))
+    );
+    assert_eq!(support::peerup(home.path(), &["resolve", "nas.lab"]).status.code(), Some(3));
+    std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o600))
+        .unwrap();
+}

@@ -1,9 +1,9 @@
 //! The control socket: a Unix socket in the home (mode 0600) that `peerup status` asks.
 //!
-//! One request per connection: a line of JSON (`{"command":"status"}` or
-//! `{"command":"reload"}`), answered by one line of JSON. The client side gives up after
-//! [`CLIENT_TIMEOUT`], so a frozen daemon cannot hang `peerup status`. The socket lives at `<home>/control.sock`, or in `$XDG_RUNTIME_DIR` when that path is
-//! too long for a Unix socket; state.json names the path in use. A socket that answers means a
+//! One request per connection: a line of JSON (`{"command":"status"}`, `{"command":"reload"}`
+//! or `{"command":"resolve","name":"home.alice"}`), answered by one line of JSON. The client
+//! side gives up after [`CLIENT_TIMEOUT`], so a frozen daemon cannot hang `peerup status`. The
+//! socket lives at `<home>/control.sock`, or in `$XDG_RUNTIME_DIR` when that path is too long for a Unix socket; state.json names the path in use. A socket that answers means a
 //! daemon already runs in this home, and a second one refuses to start.
 
 use std::os::unix::fs::PermissionsExt;
@@ -80,6 +80,8 @@ fn fnv1a(bytes: &[u8]) -> u64 {
 pub struct ControlServer {
     listener: UnixListener,
     path: PathBuf,
+    /// A gateway's tiers and suffix, for `resolve` (a relay resolves nothing).
+    names: Option<(peerup_resolver::Tiers, peerup_resolver::Label)>,
 }
 
 impl ControlServer {
@@ -94,7 +96,17 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(&path).map_err(io)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        Ok(ControlServer { listener, path })
+        Ok(ControlServer { listener, path, names: None })
+    }
+
+    /// Answer `resolve` requests through these tiers (the daemon's, with its cache).
+    pub fn with_names(
+        mut self,
+        tiers: peerup_resolver::Tiers,
+        suffix: peerup_resolver::Label,
+    ) -> Self {
+        self.names = Some((tiers, suffix));
+        self
     }
 
     pub fn path(&self) -> &Path {
@@ -124,7 +136,8 @@ impl ControlServer {
                 },
             };
             // One request at a time is plenty for a control socket, and bounds the work.
-            let answer = tokio::time::timeout(REQUEST_TIMEOUT, serve(socket, &node, &reload)).await;
+            let serving = serve(socket, &node, &reload, self.names.as_ref());
+            let answer = tokio::time::timeout(REQUEST_TIMEOUT, serving).await;
             if let Ok(Err(error)) = answer {
                 debug!(%error, "control request failed");
             }
@@ -137,6 +150,7 @@ async fn serve(
     socket: UnixStream,
     node: &Handle,
     reload: &mpsc::Sender<reload::Request>,
+    names: Option<&(peerup_resolver::Tiers, peerup_resolver::Label)>,
 ) -> std::io::Result<()> {
     let (read, mut write) = socket.into_split();
     let mut line = String::new();
@@ -157,7 +171,14 @@ async fn serve(
                 Err(_) => shutting_down(),
             }
         }
-        _ => serde_json::json!({ "error": "unknown request; expected status or reload" }),
+        Some("resolve") => {
+            let name = request.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            match names {
+                Some((tiers, suffix)) => resolve_answer(tiers, suffix, name).await,
+                None => serde_json::json!({ "error": "this daemon resolves no names" }),
+            }
+        }
+        _ => serde_json::json!({ "error": "unknown request; expected status, reload or resolve" }),
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
@@ -165,10 +186,48 @@ async fn serve(
     write.shutdown().await
 }
 
+/// `resolve`: the answer as JSON (`peer_id`, `tier`, `ttl_secs`, `addrs`), or `no_such_name`, or
+/// an `error`.
+pub(crate) async fn resolve_answer(
+    tiers: &peerup_resolver::Tiers,
+    suffix: &peerup_resolver::Label,
+    text: &str,
+) -> serde_json::Value {
+    use peerup_resolver::{Name, ResolveError};
+    let full = match Name::parse(text, suffix) {
+        Ok(Some(_)) => text.to_owned(),
+        _ => format!("{}.{suffix}", text.trim_end_matches('.')),
+    };
+    let name = match Name::parse(&full, suffix) {
+        Ok(Some(name)) => name,
+        _ => return serde_json::json!({ "no_such_name": format!("no such name: {text}") }),
+    };
+    match tiers.resolve(&name).await {
+        Ok(answer) => serde_json::json!({
+            "peer_id": answer.peer.to_base58(),
+            "tier": answer.tier.to_string(),
+            "ttl_secs": answer.ttl.as_secs(),
+            "addrs": answer.addrs.iter().map(ToString::to_string).collect::<Vec<_>>(),
+        }),
+        Err(error @ ResolveError::NoSuchName(_)) => {
+            serde_json::json!({ "no_such_name": error.to_string() })
+        }
+        Err(error) => serde_json::json!({ "error": error.to_string() }),
+    }
+}
+
 /// Ask the daemon at `path`; a daemon that does not answer within [`CLIENT_TIMEOUT`] is an
 /// error (`TimedOut`), not a hang.
 pub async fn request(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
-    match tokio::time::timeout(CLIENT_TIMEOUT, ask(path, command)).await {
+    request_value(path, serde_json::json!({ "command": command })).await
+}
+
+/// Send `request` (a JSON object with a `command`) and read the answer, as [`request`].
+pub async fn request_value(
+    path: &Path,
+    request: serde_json::Value,
+) -> std::io::Result<serde_json::Value> {
+    match tokio::time::timeout(CLIENT_TIMEOUT, ask(path, request)).await {
         Ok(answer) => answer,
         Err(_) => Err(std::io::Error::new(
             std::io::ErrorKind::TimedOut,
@@ -177,11 +236,10 @@ pub async fn request(path: &Path, command: &str) -> std::io::Result<serde_json::
     }
 }
 
-async fn ask(path: &Path, command: &str) -> std::io::Result<serde_json::Value> {
+async fn ask(path: &Path, request: serde_json::Value) -> std::io::Result<serde_json::Value> {
     let socket = UnixStream::connect(path).await?;
     let (read, mut write) = socket.into_split();
-    let mut line = serde_json::to_vec(&serde_json::json!({ "command": command }))
-        .map_err(std::io::Error::other)?;
+    let mut line = serde_json::to_vec(&request).map_err(std::io::Error::other)?;
     line.push(b'\n');
     write.write_all(&line).await?;
     let mut answer = String::new();

@@ -195,6 +195,7 @@ impl Daemon {
         let reloader =
             GatewayReload { home: home.clone(), shared, watched: Mutex::new(Vec::new()) };
         reloader.remember_files(&config);
+        let control = control.with_names(gateway.tiers.clone(), gateway.suffix.clone());
         let parts =
             Parts { home, state, control, node: handle, node_task, stop, addrs: Some(addrs) };
         let runtime = Runtime::start(parts, reloader);
@@ -249,7 +250,7 @@ fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) 
         connected,
         tunnels: shared.tunnels.clone(),
         access: shared.access.clone(),
-        suffix: crate::config::suffix(),
+        suffix: config.dns.suffix.0.clone(),
         direct: config.socks.direct,
         connect_timeout: config.limits.connect_timeout.0,
         pool: None,

@@ -71,7 +71,7 @@ impl DnsService {
         let ttl = config.dns.ttl.0;
         let path = pool_path(home);
         let options = DnsOptions {
-            suffix: crate::config::suffix(),
+            suffix: config.dns.suffix.0.clone(),
             ttl,
             max_in_flight: MAX_IN_FLIGHT,
             tcp_timeout: Duration::from_secs(10),

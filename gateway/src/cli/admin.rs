@@ -5,13 +5,13 @@ use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
 use libp2p::PeerId;
-use peerup_resolver::{Name, parse_peer, peer_label};
+use peerup_resolver::{parse_peer, peer_label};
 
 use super::{Exit, Failure};
 use crate::auth::access::load_keys;
 use crate::auth::keys::check_comment;
 use crate::auth::{AuthorizedKeys, Entry, Expiry};
-use crate::config::{Config, DEFAULT_CONFIG, ServiceName, suffix};
+use crate::config::{Config, DEFAULT_CONFIG, ServiceName};
 use crate::daemon::{Loaded, State, load, local_tiers};
 use crate::files::{self, Home};
 use crate::identity;
@@ -262,27 +262,45 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
     Ok(())
 }
 
-pub(super) async fn resolve(home: &Home, text: &str) -> Result<(), Failure> {
-    let config = Config::load(&home.config()).map_err(Failure::usage)?;
-    let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
-    let suffix = suffix();
-    let full = if Name::parse(text, &suffix).ok().flatten().is_some() {
-        text.to_owned()
-    } else {
-        format!("{}.{suffix}", text.trim_end_matches('.'))
-    };
-    let name = match Name::parse(&full, &suffix) {
-        Ok(Some(name)) => name,
-        Ok(None) | Err(_) => {
-            return Err(Failure::new(Exit::NoSuchName, format!("no such name: {text}")));
+/// Resolve through the running daemon (its tiers and cache) when there is one, else through the
+/// local names.
+pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), Failure> {
+    let answer = match crate::runtime::State::read(home) {
+        Some(state) if state.role == "gateway" => {
+            let request = serde_json::json!({ "command": "resolve", "name": text });
+            crate::control::request_value(&state.control, request).await.map_err(|e| {
+                Failure::new(Exit::Unreachable, format!("the daemon did not answer: {e}"))
+            })?
+        }
+        _ => {
+            let config = Config::load(&home.config()).map_err(Failure::usage)?;
+            let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
+            crate::control::resolve_answer(&tiers, &config.dns.suffix.0, text).await
         }
     };
-    let answer =
-        tiers.resolve(&name).await.map_err(|e| Failure::new(Exit::NoSuchName, e.to_string()))?;
+    if let Some(no) = answer.get("no_such_name").and_then(|v| v.as_str()) {
+        return Err(Failure::new(Exit::NoSuchName, no.to_owned()));
+    }
+    if let Some(error) = answer.get("error").and_then(|v| v.as_str()) {
+        return Err(Failure::new(Exit::Unreachable, error.to_owned()));
+    }
     let mut out = std::io::stdout().lock();
-    let _ = writeln!(out, "{}\ttier={}\tttl={}s", answer.peer, answer.tier, answer.ttl.as_secs());
-    for addr in &answer.addrs {
-        let _ = writeln!(out, "  {addr}");
+    if json {
+        let _ = writeln!(out, "{answer}");
+        return Ok(());
+    }
+    let field = |key: &str| {
+        answer.get(key).map(|v| v.as_str().map_or_else(|| v.to_string(), str::to_owned))
+    };
+    let _ = writeln!(
+        out,
+        "{}\ttier={}\tttl={}s",
+        field("peer_id").unwrap_or_default(),
+        field("tier").unwrap_or_default(),
+        field("ttl_secs").unwrap_or_default()
+    );
+    for addr in answer.get("addrs").and_then(|a| a.as_array()).into_iter().flatten() {
+        let _ = writeln!(out, "  {}", addr.as_str().unwrap_or_default());
     }
     Ok(())
 }

@@ -8,7 +8,7 @@ use peerup_proxy::{Plain, bridge};
 use peerup_resolver::{Name, ResolveError};
 
 use super::{Exit, Failure, not_running};
-use crate::config::{Config, suffix};
+use crate::config::Config;
 use crate::daemon::{State, local_tiers};
 use crate::files::Home;
 
@@ -44,12 +44,12 @@ fn split_target(target: &str) -> Result<(&str, u16), Failure> {
 
 /// Answer "no such name" (exit 3) here: through SOCKS it looks like any unreachable host.
 async fn check_local_name(home: &Home, host: &str) -> Result<(), Failure> {
-    let name = match Name::parse(host, &suffix()) {
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    let name = match Name::parse(host, &config.dns.suffix.0) {
         Ok(Some(name)) => name,
         Ok(None) => return Ok(()),
         Err(e) => return Err(Failure::new(Exit::NoSuchName, e.to_string())),
     };
-    let config = Config::load(&home.config()).map_err(Failure::usage)?;
     let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
     match tiers.resolve(&name).await {
         Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(Exit::NoSuchName, e.to_string())),

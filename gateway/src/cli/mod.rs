@@ -74,6 +74,9 @@ enum Command {
     Resolve {
         /// HOST.NETWORK.p2p, HOST.NETWORK, or a peer label
         name: String,
+        /// One JSON object: peer_id, tier, ttl_secs, addrs
+        #[arg(long)]
+        json: bool,
     },
     /// Bridge stdin/stdout to HOST:PORT through the running daemon (ssh ProxyCommand)
     Connect {
@@ -120,8 +123,8 @@ pub fn main() -> ExitCode {
         }),
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status::run(&home, json))),
         Command::Auth { action } => admin::auth(&home, action),
-        Command::Resolve { name } => {
-            runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name)))
+        Command::Resolve { name, json } => {
+            runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name, json)))
         }
         Command::Connect { target } => {
             runtime().and_then(|rt| rt.block_on(connect::run(&home, &target)))

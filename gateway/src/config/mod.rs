@@ -21,14 +21,14 @@ pub use sections::{
 };
 use sections::{default_authorized_keys, default_listen};
 pub use types::{
-    Addr, DnsPool, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName,
+    Addr, DnsPool, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName, Suffix,
 };
 use unique::unique_map;
 
 /// The config `peerup init` writes, and the defaults it documents.
 pub const DEFAULT_CONFIG: &str = include_str!("../../../configs/peerup.yaml");
 
-/// The name suffix under which names are ours.
+/// The default suffix under which names are ours (`dns.suffix` sets another).
 pub fn suffix() -> Label {
     "p2p".parse().expect("p2p is a valid label")
 }

@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Addr, DnsPool, Dur, HostPort, RelayAddr};
+use super::{Addr, DnsPool, Dur, HostPort, RelayAddr, Suffix};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -86,11 +86,19 @@ pub struct Dns {
     /// TTL of every answer.
     #[serde(default = "default_dns_ttl")]
     pub ttl: Dur,
+    /// The suffix under which names are ours, for DNS, SOCKS and every command.
+    #[serde(default = "default_suffix")]
+    pub suffix: Suffix,
 }
 
 impl Default for Dns {
     fn default() -> Self {
-        Dns { listen: default_dns_listen(), pool: default_dns_pool(), ttl: default_dns_ttl() }
+        Dns {
+            listen: default_dns_listen(),
+            pool: default_dns_pool(),
+            ttl: default_dns_ttl(),
+            suffix: default_suffix(),
+        }
     }
 }
 
@@ -99,6 +107,9 @@ pub(super) fn default_dns_listen() -> Option<SocketAddr> {
 }
 pub(super) fn default_dns_pool() -> DnsPool {
     DnsPool("127.80.0.0/12".parse().unwrap_or_else(|_| unreachable!("a valid network")))
+}
+pub(super) fn default_suffix() -> Suffix {
+    Suffix(super::suffix())
 }
 pub(super) fn default_dns_ttl() -> Dur {
     Dur(Duration::from_secs(10))

@@ -46,6 +46,18 @@ impl FromStr for NetworkName {
 }
 from_str_deserialize!(NetworkName);
 
+/// The suffix under which names are ours: one DNS label.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Suffix(pub Label);
+
+impl FromStr for Suffix {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        text.parse().map(Suffix).map_err(|e| format!("dns.suffix: {e}"))
+    }
+}
+from_str_deserialize!(Suffix);
+
 /// The DNS server's address pool: a loopback network of at least 256 addresses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct DnsPool(pub peerup_resolver::Ipv4Net);
