@@ -219,3 +219,106 @@ fn peerup_resolve_answers_through_the_running_daemon_or_alone() {
     std::fs::set_permissions(home.file("config.yaml"), std::fs::Permissions::from_mode(0o600))
         .unwrap();
 }
+
+/// A network namespace of our own whose resolv.conf points at 127.0.0.1 (port 53 there), as
+/// `ip netns exec` sets it up; removed on drop. `None` (with the reason printed) without root.
+struct Netns {
+    name: String,
+}
+
+impl Netns {
+    fn up(test: &str) -> Option<Netns> {
+        let root =
+            std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+        if !root.unwrap_or(false) {
+            let why = format!("dns {test}: SKIPPED: a network namespace with port 53 needs root");
+            assert!(
+                std::env::var("CI").as_deref() != Ok("true"),
+                "{why} (CI=true: a skip fails the run)"
+            );
+            eprintln!("{why}");
+            return None;
+        }
+        let name = format!("pudns{}", std::process::id());
+        let ok = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().unwrap();
+            assert!(out.status.success(), "ip {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+        };
+        ok(&["netns", "add", &name]);
+        let netns = Netns { name };
+        ok(&["-n", &netns.name, "link", "set", "lo", "up"]);
+        let etc = format!("/etc/netns/{}", netns.name);
+        std::fs::create_dir_all(&etc).unwrap();
+        std::fs::write(
+            format!("{etc}/resolv.conf"),
+            "nameserver 127.0.0.1\noptions timeout:2 attempts:1\n",
+        )
+        .unwrap();
+        Some(netns)
+    }
+
+    fn exec(&self, program: &str) -> Command {
+        let mut command = Command::new("ip");
+        command.args(["netns", "exec", &self.name, program]);
+        command
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip").args(["netns", "del", &self.name]).status();
+        let _ = std::fs::remove_dir_all(format!("/etc/netns/{}", self.name));
+    }
+}
+
+#[test]
+fn curl_resolving_through_our_dns_reaches_the_peer_through_socks() {
+    let Some(ns) = Netns::up("curl_resolving_through_our_dns") else { return };
+    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    // A python web server inside the namespace, as A's service.
+    let mut server = ns
+        .exec("python3")
+        .args(["-m", "http.server", &web.to_string(), "--bind", "127.0.0.1"])
+        .current_dir(env!("CARGO_MANIFEST_DIR"))
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let home_a = support::Home::init();
+    let home_b = support::Home::init();
+    std::fs::write(
+        home_a.file("config.yaml"),
+        format!("listen: [/ip4/127.0.0.1/tcp/0]\nsocks: {{ listen: 127.0.0.1:0 }}\ndns: {{ listen: null }}\nservices:\n  web: {{ local_address: 127.0.0.1:{web}, port: 80 }}\n"),
+    )
+    .unwrap();
+    home_a.allow(&home_b.peer_id, None);
+    let a = Daemon::spawn(ns.exec(support::BIN), home_a.path(), "run");
+    std::fs::write(
+        home_b.file("config.yaml"),
+        format!(
+            "listen: [/ip4/127.0.0.1/tcp/0]\nsocks: {{ listen: 127.0.0.1:0 }}\ndns: {{ listen: 127.0.0.1:53 }}\nnames:\n  home.lab: {}\n",
+            a.tcp_multiaddr()
+        ),
+    )
+    .unwrap();
+    let b = Daemon::spawn(ns.exec(support::BIN), home_b.path(), "run");
+    for mode in ["--socks5", "--socks5-hostname"] {
+        let out = ns
+            .exec("curl")
+            .args(["-sS", "-o", "/dev/null", "-w", "%{http_code}", "--max-time", "20", mode])
+            .arg(b.socks().to_string())
+            .arg("http://home.lab.p2p/Cargo.toml")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "200", "{mode}: {err}\n{}", b.log.text());
+    }
+    // The --socks5 request carried the pool address our DNS gave curl, and went to the name.
+    let via_pool = b.log.wait_for(
+        |l| l.contains("tunnel closed") && l.contains("target=127.") && l.contains(&home_a.peer_id),
+        std::time::Duration::from_secs(10),
+    );
+    assert!(via_pool.is_some(), "a tunnel to a pool address:\n{}", b.log.text());
+    let _ = server.kill();
+    let _ = server.wait();
+}

@@ -331,3 +331,21 @@ pub fn failure_of_status(status: Status) -> Option<FailureKind> {
         Status::BadRequest | Status::Unknown(_) => Some(FailureKind::General),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_flood_of_answers_for_random_peers_starts_few_warm_ups() {
+        let warmed = Warmed::default();
+        let admitted = (0..1000).filter(|_| warmed.admit(libp2p::PeerId::random())).count();
+        assert!(admitted <= WARMS_PER_SECOND as usize, "{admitted} warm-ups for 1000 answers");
+        assert!(admitted > 0, "some warm up");
+        let peer = libp2p::PeerId::random();
+        let again = Warmed::default();
+        assert!(again.admit(peer));
+        assert!(!again.admit(peer), "one warm-up per peer per {WARM_AGAIN:?}");
+        assert!(warmed.recent.lock().unwrap().len() <= WARMED);
+    }
+}
