@@ -31,15 +31,7 @@ pub fn lab_script() -> PathBuf {
 impl Lab {
     /// Build a lab, or say why not (and fail under CI).
     pub fn up(test: &str, mode_a: &str, mode_b: &str) -> Option<Lab> {
-        let root =
-            std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-        if !root.unwrap_or(false) {
-            let why = format!("netlab {test}: SKIPPED: network namespaces need root");
-            assert!(
-                std::env::var("CI").as_deref() != Ok("true"),
-                "{why} (CI=true: a skip fails the run)"
-            );
-            eprintln!("{why}");
+        if !crate::support::root_or_skip(&format!("netlab {test}"), "a network namespace") {
             return None;
         }
         let prefix =

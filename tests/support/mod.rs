@@ -298,6 +298,20 @@ pub fn status(home: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
+/// Whether this process is root (network namespaces need it). If not, say that `what` was
+/// skipped and why; under CI=true a skip is a failure.
+pub fn root_or_skip(what: &str, needs: &str) -> bool {
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    if root.unwrap_or(false) {
+        return true;
+    }
+    let why = format!("{what}: SKIPPED: {needs} needs root");
+    assert!(std::env::var("CI").as_deref() != Ok("true"), "{why} (CI=true: a skip fails the run)");
+    eprintln!("{why}");
+    false
+}
+
 /// Print a measured figure and keep it in target/tmp/measured.txt (`make test` shows it).
 pub fn report(line: String) {
     use std::io::Write;
