@@ -203,8 +203,9 @@ impl Daemon {
         accept_loops.spawn(host.run(inbound_rx, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.spawn(socks.run(gateway, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.close();
-        let dns_addr = dns.as_ref().map(DnsService::local_addr);
-        info!(%peer, socks = %socks_addr, dns = ?dns_addr, services = config.services.len(), "ready");
+        let dns_addr =
+            dns.as_ref().map_or_else(|| "off".to_owned(), |d| d.local_addr().to_string());
+        info!(%peer, socks = %socks_addr, dns = %dns_addr, services = config.services.len(), "ready");
         Ok(Daemon {
             runtime,
             grace: config.limits.shutdown_grace.0,
