@@ -2,8 +2,19 @@
 //!
 //! Each tier implements [`Resolve`]. [`Tiers`] asks them in order for `HOST.NETWORK` names and,
 //! when none knows the name, reads `HOST` as a peer label (the last tier). A bare
-//! `PEERLABEL.p2p` needs no tier at all. Later tiers (a network's registry, others) slot in
-//! behind the same trait.
+//! `PEERLABEL.p2p` needs no tier at all. The order, as the daemon builds it:
+//!
+//! 1. local names (`names:` in config.yaml and names.yaml), [`ReloadableNames`];
+//! 2. the network's registry (its members' registered hosts) — the next tier to be built, in
+//!    this slot;
+//! 3. further tiers behind the same trait, each asked only for what the ones before did not
+//!    know — for example a blockchain naming tier that maps `HOST.NETWORK` to a peer ID stored
+//!    on chain (not built);
+//! 4. the peer label itself.
+//!
+//! A tier answers `Ok(Some(_))` (a peer), `Ok(None)` (not mine: ask the next) or
+//! `Err(Unavailable)` (it should know but cannot be asked now: the DNS server says SERVFAIL and
+//! nothing is cached). Answers are cached and identical lookups merged in [`crate::cache`].
 
 use std::collections::HashMap;
 use std::fmt;
