@@ -220,3 +220,73 @@ async fn bind_both(listen: SocketAddr) -> std::io::Result<(UdpSocket, TcpListene
     }
     Err(last.unwrap_or_else(|| std::io::Error::other("no free port for both UDP and TCP")))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::tier::{Resolve, Tier, TierAnswer};
+
+    /// A tier that knows `box.lab`, cannot be asked about `down.lab`, and knows nothing else.
+    #[derive(Debug)]
+    struct Fixed(libp2p_identity::PeerId);
+
+    impl Resolve for Fixed {
+        fn resolve<'a>(&'a self, host: &'a Label, _: &'a Label) -> TierAnswer<'a> {
+            let peer = self.0;
+            Box::pin(async move {
+                match host.as_str() {
+                    "box" => Ok(Some(Resolution {
+                        peer,
+                        addrs: Vec::new(),
+                        tier: Tier::Local,
+                        ttl: Duration::from_secs(60),
+                    })),
+                    "down" => Err(ResolveError::Unavailable {
+                        name: "down.lab".into(),
+                        reason: "registry unreachable".into(),
+                    }),
+                    _ => Ok(None),
+                }
+            })
+        }
+    }
+
+    fn handler(max_in_flight: usize) -> (DnsHandler, libp2p_identity::PeerId) {
+        let peer = libp2p_identity::PeerId::random();
+        let options = DnsOptions {
+            suffix: "p2p".parse().unwrap(),
+            ttl: Duration::from_secs(10),
+            max_in_flight,
+            tcp_timeout: Duration::from_secs(1),
+        };
+        let pool = Pool::new("127.80.0.0/24".parse().unwrap(), 16, Duration::from_secs(60));
+        let tiers = Tiers::new(vec![Arc::new(Fixed(peer)) as Arc<dyn Resolve>]);
+        (DnsHandler::new(options, tiers, Arc::new(Mutex::new(pool)), None), peer)
+    }
+
+    #[tokio::test]
+    async fn each_kind_of_name_gets_its_answer() {
+        let (dns, peer) = handler(8);
+        let a = dns.answer("box.lab.p2p.", RecordType::A).await.unwrap();
+        assert!(matches!(a.as_slice(), [RData::A(_)]), "{a:?}");
+        assert_eq!(
+            dns.answer("BOX.lab.p2p.", RecordType::A).await.unwrap(),
+            a,
+            "one address per name"
+        );
+        let txt = dns.answer("box.lab.p2p.", RecordType::TXT).await.unwrap();
+        assert_eq!(txt, vec![RData::TXT(TXT::new(vec![peer.to_base58()]))]);
+        assert_eq!(dns.answer("box.lab.p2p.", RecordType::AAAA).await, Ok(Vec::new()), "NODATA");
+        assert_eq!(dns.answer("nas.lab.p2p.", RecordType::A).await, Err(ResponseCode::NXDomain));
+        assert_eq!(dns.answer("down.lab.p2p.", RecordType::A).await, Err(ResponseCode::ServFail));
+        assert_eq!(dns.answer("example.com.", RecordType::A).await, Err(ResponseCode::Refused));
+        assert_eq!(dns.answer("a.b.c.p2p.", RecordType::A).await, Err(ResponseCode::NXDomain));
+    }
+
+    #[tokio::test]
+    async fn queries_past_the_limit_get_servfail_without_a_lookup() {
+        let (dns, _) = handler(0);
+        assert_eq!(dns.answer("box.lab.p2p.", RecordType::A).await, Err(ResponseCode::ServFail));
+        assert_eq!(dns.answer("example.com.", RecordType::A).await, Err(ResponseCode::Refused));
+    }
+}
