@@ -340,3 +340,18 @@ fn a_daemon_that_cannot_start_says_which_part_failed_with_its_exit_code() {
         "{help}"
     );
 }
+
+#[test]
+fn a_dns_address_that_is_taken_stops_the_start_when_the_config_chose_it() {
+    let taken = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port();
+    let home = Home::init();
+    std::fs::write(
+        home.file("config.yaml"),
+        format!("listen: [/ip4/127.0.0.1/tcp/0]\nsocks: {{ listen: 127.0.0.1:0 }}\ndns: {{ listen: 127.0.0.1:{port} }}\n"),
+    )
+    .unwrap();
+    let out = peerup(home.path(), &["run"]);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("cannot start (DNS server)"), "{}", stderr(&out));
+}

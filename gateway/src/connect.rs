@@ -281,12 +281,16 @@ impl Gateway {
     fn unmap(&self, target: Target) -> Result<Target, ConnectError> {
         let addr = match &target {
             Target::Addr(std::net::SocketAddr::V4(addr)) => *addr,
-            // A SOCKS client may send an address as a hostname.
-            Target::Name { host, port } => match host.parse() {
+            // The same address, IPv4-mapped.
+            Target::Addr(std::net::SocketAddr::V6(addr)) => match addr.ip().to_ipv4_mapped() {
+                Some(ip) => std::net::SocketAddrV4::new(ip, addr.port()),
+                None => return Ok(target),
+            },
+            // A SOCKS client may send an address as a hostname (a trailing dot too).
+            Target::Name { host, port } => match host.trim_end_matches('.').parse() {
                 Ok(ip) => std::net::SocketAddrV4::new(ip, *port),
                 Err(_) => return Ok(target),
             },
-            Target::Addr(_) => return Ok(target),
         };
         let Some(pool) = &self.pool else { return Ok(target) };
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());

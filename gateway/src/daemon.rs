@@ -181,7 +181,7 @@ impl Daemon {
                 let stop = accepting.clone();
                 let started =
                     DnsService::start(&config, &home, pool, tiers, Some(warm), &accept_loops, stop);
-                Some(started.await?)
+                started.await?
             }
             None => None,
         };

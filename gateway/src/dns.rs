@@ -37,22 +37,18 @@ pub struct DnsService {
 pub enum DnsError {
     #[error("cannot bind the DNS server on {addr} (UDP and TCP): {source}")]
     Bind { addr: SocketAddr, source: std::io::Error },
-    #[error(transparent)]
-    File(#[from] files::FileError),
-    #[error("{path}: not a pool file ({reason}); move it away to start with an empty pool", path = path.display())]
-    Parse { path: PathBuf, reason: String },
 }
 
 impl DnsService {
     /// The address pool, with the mappings saved in the home, when `dns.listen` is set.
     pub fn pool(config: &Config, home: &Home) -> Result<Option<Arc<Mutex<Pool>>>, DnsError> {
-        if config.dns.listen.is_none() {
+        if config.dns.listen.addr.is_none() {
             return Ok(None);
         }
         // A mapping returns to the pool only after many TTLs without a query.
         let hold = config.dns.ttl.0.saturating_mul(30).max(Duration::from_secs(300));
         let mut pool = Pool::new(config.dns.pool.0, POOL_CAPACITY, hold);
-        load(&pool_path(home), &mut pool)?;
+        load(&pool_path(home), &mut pool, &config.dns.suffix.0);
         Ok(Some(Arc::new(Mutex::new(pool))))
     }
 
@@ -66,8 +62,11 @@ impl DnsService {
         warm: Option<Warm>,
         tasks: &TaskTracker,
         stop: CancellationToken,
-    ) -> Result<DnsService, DnsError> {
-        let listen = config.dns.listen.unwrap_or_else(|| SocketAddr::from(([127, 0, 0, 1], 0)));
+    ) -> Result<Option<DnsService>, DnsError> {
+        let Some(listen) = config.dns.listen.addr else { return Ok(None) };
+        if !listen.ip().is_loopback() {
+            warn!(%listen, "the DNS server listens beyond this machine: others can read your names");
+        }
         let ttl = config.dns.ttl.0;
         let path = pool_path(home);
         let options = DnsOptions {
@@ -77,12 +76,18 @@ impl DnsService {
             tcp_timeout: Duration::from_secs(10),
         };
         let handler = DnsHandler::new(options, tiers, pool.clone(), warm);
-        let server = DnsServer::bind(listen, handler)
-            .await
-            .map_err(|source| DnsError::Bind { addr: listen, source })?;
+        let server = match DnsServer::bind(listen, handler).await {
+            Ok(server) => server,
+            // The default port is taken (another daemon, another home): no DNS server, said.
+            Err(error) if !config.dns.listen.explicit => {
+                warn!(%listen, %error, "no DNS server: its default address is taken; set dns.listen (null: off)");
+                return Ok(None);
+            }
+            Err(source) => return Err(DnsError::Bind { addr: listen, source }),
+        };
         tasks.spawn(save_loop(pool.clone(), path, stop));
         info!(dns = %server.local_addr(), pool = %config.dns.pool.0, "DNS server answering .p2p names");
-        Ok(DnsService { server, pool })
+        Ok(Some(DnsService { server, pool }))
     }
 
     pub fn local_addr(&self) -> SocketAddr {
@@ -98,30 +103,56 @@ fn pool_path(home: &Home) -> PathBuf {
     home.dir().join("dns_pool.json")
 }
 
-fn load(path: &std::path::Path, pool: &mut Pool) -> Result<(), DnsError> {
-    let text = match files::read_checked_text(path, Kind::Config) {
+/// Restore the saved mappings. The file is only a cache: one that cannot be read or parsed is
+/// set aside with a warning (names then get new addresses), never a reason not to start.
+fn load(path: &std::path::Path, pool: &mut Pool, suffix: &peerup_resolver::Label) {
+    let text = match files::read_checked_text(path, Kind::State) {
         Ok(text) => text,
-        Err(error) if error.is_not_found() => return Ok(()),
-        Err(error) => return Err(error.into()),
+        Err(error) if error.is_not_found() => return,
+        Err(error) => {
+            warn!(%error, "the saved DNS addresses cannot be read: starting with an empty pool");
+            return;
+        }
     };
-    let saved: BTreeMap<String, Ipv4Addr> = serde_json::from_str(&text)
-        .map_err(|e| DnsError::Parse { path: path.to_owned(), reason: e.to_string() })?;
+    let saved: BTreeMap<String, Ipv4Addr> = match serde_json::from_str(&text) {
+        Ok(saved) => saved,
+        Err(error) => {
+            let path = path.display();
+            warn!(%path, %error, "the saved DNS addresses are not a pool file: starting with an empty pool");
+            return;
+        }
+    };
     let now = Instant::now();
-    let skipped = saved.iter().filter(|(name, addr)| !pool.restore(name, **addr, now)).count();
+    // A name that no longer parses under the suffix (it changed) must not keep an address.
+    let ours = |name: &str| matches!(peerup_resolver::Name::parse(name, suffix), Ok(Some(_)));
+    let skipped = saved
+        .iter()
+        .filter(|(name, addr)| !(ours(name) && pool.restore(name, **addr, now)))
+        .count();
     if skipped > 0 {
-        warn!(skipped, pool = %pool.net(), "saved DNS addresses outside the pool or clashing were dropped");
+        warn!(skipped, pool = %pool.net(), "saved DNS addresses outside the pool, clashing or not under the suffix were dropped");
     }
-    Ok(())
 }
 
-fn save(pool: &Mutex<Pool>, path: &std::path::Path) -> u64 {
-    let (generation, text) = {
+/// Write the mappings: copied under the lock, serialised and written off the async workers.
+async fn save(pool: &Mutex<Pool>, path: &std::path::Path) -> u64 {
+    let (generation, entries) = {
         let pool = pool.lock().unwrap_or_else(|e| e.into_inner());
-        let entries: BTreeMap<&str, Ipv4Addr> = pool.entries().collect();
-        (pool.generation(), serde_json::to_string_pretty(&entries).unwrap_or_default())
+        let entries: Vec<(String, Ipv4Addr)> =
+            pool.entries().map(|(name, addr)| (name.to_owned(), addr)).collect();
+        (pool.generation(), entries)
     };
-    if let Err(error) = files::write_atomic(path, text.as_bytes(), 0o600) {
-        warn!(%error, "cannot save the DNS pool");
+    let path = path.to_owned();
+    let written = tokio::task::spawn_blocking(move || {
+        let entries: BTreeMap<String, Ipv4Addr> = entries.into_iter().collect();
+        let text = serde_json::to_string(&entries).unwrap_or_default();
+        files::write_atomic(&path, text.as_bytes(), 0o600)
+    })
+    .await;
+    match written {
+        Ok(Ok(())) => {}
+        Ok(Err(error)) => warn!(%error, "cannot save the DNS pool"),
+        Err(error) => warn!(%error, "cannot save the DNS pool"),
     }
     generation
 }
@@ -135,10 +166,10 @@ async fn save_loop(pool: Arc<Mutex<Pool>>, path: PathBuf, stop: CancellationToke
         }
         let now = pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
         if now != saved {
-            saved = save(&pool, &path);
+            saved = save(&pool, &path).await;
         }
     }
     if pool.lock().unwrap_or_else(|e| e.into_inner()).generation() != saved {
-        save(&pool, &path);
+        save(&pool, &path).await;
     }
 }

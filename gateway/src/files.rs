@@ -55,6 +55,8 @@ pub enum Kind {
     Keys,
     /// identity.key: nobody else may read it either.
     Secret,
+    /// State the daemon writes for itself (dns_pool.json): larger, and only a cache.
+    State,
 }
 
 impl Kind {
@@ -62,6 +64,7 @@ impl Kind {
         match self {
             Kind::Config | Kind::Keys => 1 << 20,
             Kind::Secret => 4096,
+            Kind::State => 16 << 20,
         }
     }
 
@@ -70,6 +73,7 @@ impl Kind {
             Kind::Config => "config file",
             Kind::Keys => "authorized_keys file",
             Kind::Secret => "key file",
+            Kind::State => "state file",
         }
     }
 }

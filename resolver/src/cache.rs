@@ -28,6 +28,26 @@ type Answer = Result<Resolution, ResolveError>;
 struct State {
     answers: HashMap<Name, (Answer, Instant)>,
     in_flight: HashMap<Name, Arc<OnceCell<Answer>>>,
+    /// Bumped by [`Cache::clear`]: a lookup that began before is not cached after.
+    generation: u64,
+}
+
+/// Removes a lookup from `in_flight` when its last waiter is gone, even if it was cancelled.
+struct InFlight<'a> {
+    cache: &'a Cache,
+    name: &'a Name,
+    cell: Arc<OnceCell<Answer>>,
+}
+
+impl Drop for InFlight<'_> {
+    fn drop(&mut self) {
+        let mut state = self.cache.state();
+        // Two references: the map's and ours. Others still waiting keep it in flight.
+        let last = Arc::strong_count(&self.cell) <= 2;
+        if last && state.in_flight.get(self.name).is_some_and(|c| Arc::ptr_eq(c, &self.cell)) {
+            state.in_flight.remove(self.name);
+        }
+    }
 }
 
 /// The cache shared by every clone of one [`crate::Tiers`].
@@ -43,7 +63,9 @@ impl Cache {
 
     /// Forget every answer (the names changed).
     pub fn clear(&self) {
-        self.state().answers.clear();
+        let mut state = self.state();
+        state.answers.clear();
+        state.generation += 1;
     }
 
     /// The cached answer for `name`, or the one `lookup` gives (merged with identical lookups
@@ -52,7 +74,7 @@ impl Cache {
     where
         F: std::future::Future<Output = Answer>,
     {
-        let cell = {
+        let (cell, generation) = {
             let mut state = self.state();
             let now = Instant::now();
             match state.answers.get(name) {
@@ -68,12 +90,17 @@ impl Cache {
                     reason: "too many names being looked up at once".into(),
                 });
             }
-            state.in_flight.entry(name.clone()).or_default().clone()
+            (state.in_flight.entry(name.clone()).or_default().clone(), state.generation)
         };
-        let answer = cell.get_or_init(|| lookup).await.clone();
+        let guard = InFlight { cache: self, name, cell };
+        let answer = guard.cell.get_or_init(|| lookup).await.clone();
         let mut state = self.state();
-        if state.in_flight.get(name).is_some_and(|c| Arc::ptr_eq(c, &cell)) {
+        let cell = &guard.cell;
+        if state.in_flight.get(name).is_some_and(|c| Arc::ptr_eq(c, cell)) {
             state.in_flight.remove(name);
+            if state.generation != generation {
+                return answer;
+            }
             let ttl = match &answer {
                 Ok(resolution) => Some(resolution.ttl),
                 Err(ResolveError::NoSuchName(_)) => Some(NEGATIVE_TTL),
@@ -174,6 +201,36 @@ mod tests {
         tiers.invalidate();
         assert!(tiers.resolve(&nas).await.is_err());
         assert_eq!(tier.lookups.load(Ordering::SeqCst), 3, "a reload forgets it");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_lookup_whose_callers_all_left_is_no_longer_in_flight_and_a_clear_wins() {
+        let cache = Arc::new(Cache::default());
+        let box_name = name("box.lab.p2p");
+        let waiting = {
+            let (cache, box_name) = (cache.clone(), box_name.clone());
+            tokio::spawn(
+                async move { cache.get_or_lookup(&box_name, std::future::pending()).await },
+            )
+        };
+        tokio::task::yield_now().await;
+        assert_eq!(cache.state().in_flight.len(), 1);
+        waiting.abort();
+        let _ = waiting.await;
+        assert!(cache.state().in_flight.is_empty(), "a cancelled lookup leaves nothing behind");
+
+        // A lookup that began before a clear (a reload) is answered but not cached.
+        let (old, reload) = (cache.clone(), cache.clone());
+        let slow = async move {
+            tokio::time::sleep(Duration::from_secs(1)).await;
+            Err(ResolveError::NoSuchName("box.lab".into()))
+        };
+        let lookup =
+            tokio::spawn(async move { old.get_or_lookup(&name("box.lab.p2p"), slow).await });
+        tokio::task::yield_now().await;
+        reload.clear();
+        assert!(lookup.await.unwrap().is_err());
+        assert!(cache.state().answers.is_empty(), "the old answer was not kept");
     }
 
     #[test]

@@ -14,10 +14,10 @@ use std::time::{Duration, Instant};
 use hickory_server::Server;
 use hickory_server::net::runtime::Time;
 use hickory_server::proto::op::{
-    Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
+    Edns, Header, HeaderCounts, MessageType, Metadata, OpCode, ResponseCode,
 };
 use hickory_server::proto::rr::rdata::{A, TXT};
-use hickory_server::proto::rr::{Name as DnsName, RData, Record, RecordType};
+use hickory_server::proto::rr::{DNSClass, Name as DnsName, RData, Record, RecordType};
 use hickory_server::server::{Request, RequestHandler, ResponseHandler, ResponseInfo};
 use hickory_server::zone_handler::MessageResponseBuilder;
 use tokio::net::{TcpListener, UdpSocket};
@@ -60,6 +60,19 @@ impl std::fmt::Debug for DnsHandler {
 }
 
 impl DnsHandler {
+    /// `suffix.` or `LABEL.suffix.`: nodes of our zone that hold no records themselves.
+    fn is_zone_node(&self, qname: &str) -> bool {
+        let name = qname.trim_end_matches('.').to_ascii_lowercase();
+        let suffix = self.options.suffix.as_str();
+        match name.strip_suffix(suffix) {
+            Some("") => true,
+            Some(rest) => rest
+                .strip_suffix('.')
+                .is_some_and(|label| !label.contains('.') && label.parse::<Label>().is_ok()),
+            None => false,
+        }
+    }
+
     pub fn new(
         options: DnsOptions,
         tiers: Tiers,
@@ -75,6 +88,9 @@ impl DnsHandler {
         let name = match Name::parse(qname, &self.options.suffix) {
             Ok(Some(name)) => name,
             Ok(None) => return Err(ResponseCode::Refused),
+            // The suffix itself and `NETWORK.suffix` exist (names live below them): no records,
+            // not NXDOMAIN, which would tell a minimising resolver that nothing is below.
+            Err(_) if self.is_zone_node(qname) => return Ok(Vec::new()),
             Err(_) => return Err(ResponseCode::NXDomain),
         };
         let Ok(_permit) = self.in_flight.try_acquire() else {
@@ -89,17 +105,20 @@ impl DnsHandler {
                 return Err(ResponseCode::ServFail);
             }
         };
-        if let Some(warm) = &self.warm {
+        // Warm a path only for an address query on a name the user configured: a made-up peer
+        // label (any page can ask for one) must not make us dial.
+        let made_up = resolution.tier == crate::tier::Tier::PeerLabel;
+        if let Some(warm) = self.warm.as_ref().filter(|_| qtype == RecordType::A && !made_up) {
             warm(&name, &resolution);
         }
         match qtype {
             RecordType::A => {
                 let key = qname.trim_end_matches('.').to_ascii_lowercase();
-                let addr = self
-                    .pool
-                    .lock()
-                    .unwrap_or_else(|e| e.into_inner())
-                    .address(&key, Instant::now());
+                let addr = self.pool.lock().unwrap_or_else(|e| e.into_inner()).address(
+                    &key,
+                    made_up,
+                    Instant::now(),
+                );
                 match addr {
                     Ok(addr) => Ok(vec![RData::A(A(addr))]),
                     Err(error @ PoolError::Full(..)) => {
@@ -121,7 +140,13 @@ impl RequestHandler for DnsHandler {
         request: &Request,
         mut response_handle: R,
     ) -> ResponseInfo {
-        let builder = MessageResponseBuilder::from_message_request(request);
+        // Answer EDNS with EDNS (our payload size is what the client offered, at least 512).
+        let mut response_edns = Edns::new();
+        let mut builder = MessageResponseBuilder::from_message_request(request);
+        if let Some(edns) = request.edns.as_ref() {
+            response_edns.set_max_payload(edns.max_payload().max(512));
+            builder.edns(&response_edns);
+        }
         let metadata = &request.metadata;
         let standard =
             metadata.message_type == MessageType::Query && metadata.op_code == OpCode::Query;
@@ -131,6 +156,13 @@ impl RequestHandler for DnsHandler {
             (true, Ok(info)) => Ok(info),
         };
         let outcome = match &info {
+            // Zone transfers and classes other than IN are not ours to answer.
+            Ok(info)
+                if info.query.query_class() != DNSClass::IN
+                    || matches!(info.query.query_type(), RecordType::AXFR | RecordType::IXFR) =>
+            {
+                Err(ResponseCode::Refused)
+            }
             Ok(info) => {
                 let qname = info.query.name().to_string();
                 let qtype = info.query.query_type();
@@ -281,6 +313,8 @@ mod tests {
         assert_eq!(dns.answer("down.lab.p2p.", RecordType::A).await, Err(ResponseCode::ServFail));
         assert_eq!(dns.answer("example.com.", RecordType::A).await, Err(ResponseCode::Refused));
         assert_eq!(dns.answer("a.b.c.p2p.", RecordType::A).await, Err(ResponseCode::NXDomain));
+        assert_eq!(dns.answer("p2p.", RecordType::SOA).await, Ok(Vec::new()), "the apex exists");
+        assert_eq!(dns.answer("lab.p2p.", RecordType::A).await, Ok(Vec::new()), "so do networks");
     }
 
     #[tokio::test]

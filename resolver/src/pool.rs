@@ -25,7 +25,7 @@ pub enum NetError {
     #[error("{0:?} is not an IPv4 network such as 127.80.0.0/12")]
     Malformed(String),
     #[error(
-        "{0}: the pool must be in 127.0.0.0/8 (loopback) and hold at least 256 addresses (/24 or wider)"
+        "{0}: the pool must be in 127.0.0.0/8 (loopback), hold at least 256 addresses (/24 or wider) and leave 127.0.0.0/24 alone"
     )]
     Unsuitable(String),
 }
@@ -43,7 +43,7 @@ impl std::str::FromStr for Ipv4Net {
         }
         let mask = if len == 0 { 0 } else { u32::MAX << (32 - len) };
         let net = Ipv4Net { base: u32::from(addr) & mask, len };
-        if !addr.is_loopback() || !(8..=24).contains(&len) {
+        if !addr.is_loopback() || !(8..=24).contains(&len) || net.contains(Ipv4Addr::LOCALHOST) {
             return Err(NetError::Unsuitable(text.to_owned()));
         }
         Ok(net)
@@ -90,6 +90,8 @@ pub enum PoolError {
 struct Entry {
     addr: Ipv4Addr,
     used: Instant,
+    /// A name anyone can make up (a peer label): these share a small part of the pool.
+    limited: bool,
 }
 
 /// Names and their addresses; at most `capacity` names.
@@ -102,6 +104,9 @@ pub struct Pool {
     by_addr: HashMap<Ipv4Addr, String>,
     /// Bumped on every change of the mappings, so a saver knows when to write.
     generation: u64,
+    /// Limited names held now, and at most.
+    limited: usize,
+    limited_capacity: usize,
 }
 
 /// Random draws before the pool is treated as full (a pool this sparse is never close to it).
@@ -119,6 +124,8 @@ impl Pool {
             by_name: HashMap::new(),
             by_addr: HashMap::new(),
             generation: 0,
+            limited: 0,
+            limited_capacity: (capacity / 16).max(1),
         }
     }
 
@@ -147,27 +154,38 @@ impl Pool {
             && !self.by_addr.contains_key(&addr)
             && !self.by_name.contains_key(name);
         if fits {
-            self.by_name.insert(name.to_owned(), Entry { addr, used: now });
+            self.by_name.insert(name.to_owned(), Entry { addr, used: now, limited: false });
             self.by_addr.insert(addr, name.to_owned());
         }
         fits
     }
 
-    /// The address of `name`, allocating one if it has none.
-    pub fn address(&mut self, name: &str, now: Instant) -> Result<Ipv4Addr, PoolError> {
+    /// The address of `name`, allocating one if it has none. A `limited` name (one anyone can
+    /// make up, such as a peer label) draws from a share of the pool (1/16 of the names), so a
+    /// flood of made-up names cannot crowd out the configured ones.
+    pub fn address(
+        &mut self,
+        name: &str,
+        limited: bool,
+        now: Instant,
+    ) -> Result<Ipv4Addr, PoolError> {
         if let Some(entry) = self.by_name.get_mut(name) {
             entry.used = now;
             return Ok(entry.addr);
         }
+        if limited && self.limited >= self.limited_capacity {
+            self.reclaim(now, true)?;
+        }
         if self.by_name.len() >= self.capacity {
-            self.reclaim(now)?;
+            self.reclaim(now, false)?;
         }
         let mut rng = rand::rng();
         for _ in 0..DRAWS {
             let addr = self.net.nth_usable(rng.random_range(0..self.net.usable()));
             if !self.by_addr.contains_key(&addr) {
-                self.by_name.insert(name.to_owned(), Entry { addr, used: now });
+                self.by_name.insert(name.to_owned(), Entry { addr, used: now, limited });
                 self.by_addr.insert(addr, name.to_owned());
+                self.limited += usize::from(limited);
                 self.generation += 1;
                 return Ok(addr);
             }
@@ -185,14 +203,21 @@ impl Pool {
         self.by_name.iter().map(|(name, entry)| (name.as_str(), entry.addr))
     }
 
-    /// Free the least recently used name, if no client can still hold its address.
-    fn reclaim(&mut self, now: Instant) -> Result<(), PoolError> {
-        let oldest = self.by_name.iter().min_by_key(|(_, entry)| entry.used);
+    /// Free the least recently used name (a limited one, if `limited`), if no client can still
+    /// hold its address.
+    fn reclaim(&mut self, now: Instant, limited: bool) -> Result<(), PoolError> {
+        let oldest = self
+            .by_name
+            .iter()
+            .filter(|(_, entry)| entry.limited || !limited)
+            .min_by_key(|(_, entry)| entry.used);
         match oldest {
             Some((name, entry)) if now.duration_since(entry.used) >= self.hold => {
-                let (name, addr) = (name.clone(), entry.addr);
+                let (name, addr, was_limited) = (name.clone(), entry.addr, entry.limited);
                 self.by_name.remove(&name);
                 self.by_addr.remove(&addr);
+                self.limited -= usize::from(was_limited);
+                self.generation += 1;
                 Ok(())
             }
             _ => Err(PoolError::Full(self.by_name.len(), self.hold)),
@@ -213,7 +238,15 @@ mod tests {
         assert_eq!(net("127.80.0.0/12").to_string(), "127.80.0.0/12");
         assert!(net("127.80.0.0/12").contains("127.95.255.254".parse().unwrap()));
         assert!(!net("127.80.0.0/12").contains("127.96.0.1".parse().unwrap()));
-        for bad in ["10.0.0.0/8", "127.0.0.0/30", "127.0.0.0", "127.0.0.0/33", "x/8"] {
+        for bad in [
+            "10.0.0.0/8",
+            "127.0.0.0/30",
+            "127.0.0.0",
+            "127.0.0.0/33",
+            "x/8",
+            "127.0.0.0/8",
+            "127.0.0.0/16",
+        ] {
             assert!(bad.parse::<Ipv4Net>().is_err(), "{bad}");
         }
     }
@@ -222,10 +255,10 @@ mod tests {
     fn a_name_keeps_its_address_and_two_names_never_share_one() {
         let mut pool = Pool::new(net("127.80.0.0/24"), 100, Duration::from_secs(60));
         let now = Instant::now();
-        let a = pool.address("a.lab", now).unwrap();
-        let b = pool.address("b.lab", now).unwrap();
+        let a = pool.address("a.lab", false, now).unwrap();
+        let b = pool.address("b.lab", false, now).unwrap();
         assert_ne!(a, b);
-        assert_eq!(pool.address("a.lab", now).unwrap(), a);
+        assert_eq!(pool.address("a.lab", false, now).unwrap(), a);
         assert_eq!(pool.name_of(b), Some("b.lab"));
         assert!(net("127.80.0.0/24").contains(a) && a != "127.80.0.0".parse::<Ipv4Addr>().unwrap());
     }
@@ -235,14 +268,28 @@ mod tests {
         let hold = Duration::from_secs(60);
         let mut pool = Pool::new(net("127.80.0.0/24"), 2, hold);
         let start = Instant::now();
-        pool.address("a", start).unwrap();
-        pool.address("b", start + Duration::from_secs(10)).unwrap();
-        let full = pool.address("c", start + Duration::from_secs(30));
+        pool.address("a", false, start).unwrap();
+        pool.address("b", false, start + Duration::from_secs(10)).unwrap();
+        let full = pool.address("c", false, start + Duration::from_secs(30));
         assert!(matches!(full, Err(PoolError::Full(2, _))), "{full:?}");
         let later = start + hold + Duration::from_secs(1);
-        pool.address("c", later).unwrap();
+        pool.address("c", false, later).unwrap();
         assert_eq!(pool.len(), 2);
         assert!(pool.entries().all(|(name, _)| name != "a"), "the oldest went");
+    }
+
+    #[test]
+    fn made_up_names_share_a_sixteenth_of_the_pool() {
+        let hold = Duration::from_secs(60);
+        let mut pool = Pool::new(net("127.80.0.0/16"), 160, hold);
+        let now = Instant::now();
+        for i in 0..10 {
+            pool.address(&format!("label{i}"), true, now).unwrap();
+        }
+        assert!(pool.address("label10", true, now).is_err(), "the limited share is full");
+        pool.address("home.lab", false, now).unwrap();
+        pool.address("label10", true, now + hold).unwrap();
+        assert_eq!(pool.len(), 11, "an old made-up name made room");
     }
 
     #[test]
@@ -253,6 +300,9 @@ mod tests {
         assert!(!pool.restore("b", "127.80.0.7".parse().unwrap(), now), "clash");
         assert!(!pool.restore("c", "127.81.0.7".parse().unwrap(), now), "outside");
         assert!(!pool.restore("d", "127.80.0.255".parse().unwrap(), now), "broadcast");
-        assert_eq!(pool.address("a", now).unwrap(), "127.80.0.7".parse::<Ipv4Addr>().unwrap());
+        assert_eq!(
+            pool.address("a", false, now).unwrap(),
+            "127.80.0.7".parse::<Ipv4Addr>().unwrap()
+        );
     }
 }

@@ -1,6 +1,6 @@
 //! The commands that manage a home: init, id, auth, config check, resolve.
 
-use std::io::Write;
+use std::io::{ErrorKind, Write};
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -265,14 +265,28 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
 /// Resolve through the running daemon (its tiers and cache) when there is one, else through the
 /// local names.
 pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), Failure> {
-    let answer = match crate::runtime::State::read(home) {
+    let request = serde_json::json!({ "command": "resolve", "name": text });
+    let through_daemon = match crate::runtime::State::read(home) {
         Some(state) if state.role == "gateway" => {
-            let request = serde_json::json!({ "command": "resolve", "name": text });
-            crate::control::request_value(&state.control, request).await.map_err(|e| {
-                Failure::new(Exit::Unreachable, format!("the daemon did not answer: {e}"))
-            })?
+            match crate::control::request_value(&state.control, request).await {
+                Ok(answer) => Some(answer),
+                // A state.json left by a daemon that died: nobody listens; use the local names.
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    let message = format!("the daemon did not answer: {e}");
+                    return Err(Failure::new(Exit::Unreachable, message));
+                }
+            }
         }
-        _ => {
+        _ => None,
+    };
+    let answer = match through_daemon {
+        Some(answer) => answer,
+        None => {
             let config = Config::load(&home.config()).map_err(Failure::usage)?;
             let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
             crate::control::resolve_answer(&tiers, &config.dns.suffix.0, text).await

@@ -222,6 +222,18 @@ mod tests {
     }
 
     #[test]
+    fn a_dns_address_the_config_sets_is_marked_so_and_null_turns_dns_off() {
+        let default = parse("mdns: false\n").unwrap().dns.listen;
+        assert_eq!((default.addr.map(|a| a.port()), default.explicit), (Some(1053), false));
+        let set = parse("dns: { listen: 127.0.0.1:5353 }\n").unwrap().dns.listen;
+        assert_eq!((set.addr.map(|a| a.port()), set.explicit), (Some(5353), true));
+        let off = parse("dns: { listen: null }\n").unwrap().dns.listen;
+        assert_eq!((off.addr, off.explicit), (None, true));
+        assert!(parse("dns: { pool: 127.0.0.0/8 }\n").is_err(), "a pool over 127.0.0.1");
+        assert!(parse("dns: { suffix: \"not a label\" }\n").is_err());
+    }
+
+    #[test]
     fn the_shipped_default_config_parses_to_the_defaults() {
         let config = parse(DEFAULT_CONFIG).unwrap();
         assert_eq!(config.socks.listen, sections::default_socks_listen());

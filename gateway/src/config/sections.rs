@@ -78,8 +78,8 @@ pub struct Socks {
 #[serde(deny_unknown_fields)]
 pub struct Dns {
     /// UDP and TCP; `null` turns the server off.
-    #[serde(default = "default_dns_listen")]
-    pub listen: Option<SocketAddr>,
+    #[serde(default)]
+    pub listen: DnsListen,
     /// Loopback addresses handed out, one per name.
     #[serde(default = "default_dns_pool")]
     pub pool: DnsPool,
@@ -94,7 +94,7 @@ pub struct Dns {
 impl Default for Dns {
     fn default() -> Self {
         Dns {
-            listen: default_dns_listen(),
+            listen: DnsListen::default(),
             pool: default_dns_pool(),
             ttl: default_dns_ttl(),
             suffix: default_suffix(),
@@ -102,8 +102,26 @@ impl Default for Dns {
     }
 }
 
-pub(super) fn default_dns_listen() -> Option<SocketAddr> {
-    Some(SocketAddr::from(([127, 0, 0, 1], 1053)))
+/// Where the DNS server listens, and whether the config said so: the default address may be
+/// taken (another daemon in another home), which then costs only the DNS server, while an
+/// address the user chose must be had.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DnsListen {
+    pub addr: Option<SocketAddr>,
+    pub explicit: bool,
+}
+
+impl Default for DnsListen {
+    fn default() -> Self {
+        DnsListen { addr: Some(SocketAddr::from(([127, 0, 0, 1], 1053))), explicit: false }
+    }
+}
+
+impl<'de> Deserialize<'de> for DnsListen {
+    fn deserialize<D: serde::Deserializer<'de>>(deserializer: D) -> Result<Self, D::Error> {
+        let addr = Option::<SocketAddr>::deserialize(deserializer)?;
+        Ok(DnsListen { addr, explicit: true })
+    }
 }
 pub(super) fn default_dns_pool() -> DnsPool {
     DnsPool("127.80.0.0/12".parse().unwrap_or_else(|_| unreachable!("a valid network")))
