@@ -86,7 +86,9 @@ fn restart_and_measure(transport: &str) {
     member.write_config(&format!("networks:\n  lab: {{ relays: [{}] }}\n", relay.addr(transport)));
     let m = Daemon::start(&member);
     let (_, first) = poll_until(BOUND, || holds_reservation(&relay.home, &member).then_some(()))
-        .unwrap_or_else(|| panic!("{transport}: first reservation\n{}", m.log.text()));
+        .unwrap_or_else(|| {
+            panic!("{transport}: first reservation\n{}\n{}", m.log.text(), relay_daemon.log.text())
+        });
 
     relay_daemon.signal("KILL");
     let _ = relay_daemon.child.wait();
