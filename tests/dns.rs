@@ -37,17 +37,14 @@ fn dig(server: SocketAddr, name: &str, qtype: &str, tcp: bool) -> (String, Vec<S
     (status, answers)
 }
 
-fn serving_pair() -> (Pair, SocketAddr) {
-    let web = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
-    let pair = Pair::start(&format!("  web: {{ local_address: {web}, port: 80 }}\n"), |home, b| {
-        home.allow(b, None)
-    });
-    (pair, web)
+/// A pair whose names resolve (A's service is never connected to: these tests only ask DNS).
+fn serving_pair() -> Pair {
+    Pair::start("  web: { local_address: 127.0.0.1:9, port: 80 }\n", |home, b| home.allow(b, None))
 }
 
 #[tokio::test(flavor = "multi_thread")]
 async fn names_get_a_stable_pool_address_and_the_peer_id_over_udp_and_tcp() {
-    let (pair, _) = serving_pair();
+    let pair = serving_pair();
     let dns = pair.b.dns();
     let (status, a) = dig(dns, "home.alice.p2p", "A", false);
     assert_eq!(status, "NOERROR");
@@ -75,7 +72,7 @@ async fn names_get_a_stable_pool_address_and_the_peer_id_over_udp_and_tcp() {
 
 #[tokio::test(flavor = "multi_thread")]
 async fn garbage_packets_do_not_stop_the_server() {
-    let (pair, _) = serving_pair();
+    let pair = serving_pair();
     let dns = pair.b.dns();
     let socket = tokio::net::UdpSocket::bind("127.0.0.1:0").await.unwrap();
     for garbage in [

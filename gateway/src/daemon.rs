@@ -167,7 +167,7 @@ impl Daemon {
         let shared =
             Shared { access, tunnels, names, tiers, host: host.clone(), node: handle.clone() };
         let mut gateway = gateway(&config, &shared, node.connected());
-        let pool = DnsService::pool(&config, &home)?;
+        let pool = DnsService::pool(&config, &home);
         gateway.pool = pool.clone();
         let gateway = Arc::new(gateway);
         let (accepting, abort) = (CancellationToken::new(), CancellationToken::new());

@@ -41,15 +41,13 @@ pub enum DnsError {
 
 impl DnsService {
     /// The address pool, with the mappings saved in the home, when `dns.listen` is set.
-    pub fn pool(config: &Config, home: &Home) -> Result<Option<Arc<Mutex<Pool>>>, DnsError> {
-        if config.dns.listen.addr.is_none() {
-            return Ok(None);
-        }
+    pub fn pool(config: &Config, home: &Home) -> Option<Arc<Mutex<Pool>>> {
+        config.dns.listen.addr?;
         // A mapping returns to the pool only after many TTLs without a query.
         let hold = config.dns.ttl.0.saturating_mul(30).max(Duration::from_secs(300));
         let mut pool = Pool::new(config.dns.pool.0, POOL_CAPACITY, hold);
         load(&pool_path(home), &mut pool, &config.dns.suffix.0);
-        Ok(Some(Arc::new(Mutex::new(pool))))
+        Some(Arc::new(Mutex::new(pool)))
     }
 
     /// Start the server on `pool` (from [`DnsService::pool`]); the saver runs on `tasks` until
@@ -158,18 +156,18 @@ async fn save(pool: &Mutex<Pool>, path: &std::path::Path) -> u64 {
 }
 
 async fn save_loop(pool: Arc<Mutex<Pool>>, path: PathBuf, stop: CancellationToken) {
-    let mut saved = pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
+    let generation = || pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
+    let mut saved = generation();
     loop {
         tokio::select! {
             () = stop.cancelled() => break,
             () = tokio::time::sleep(SAVE_EVERY) => {}
         }
-        let now = pool.lock().unwrap_or_else(|e| e.into_inner()).generation();
-        if now != saved {
+        if generation() != saved {
             saved = save(&pool, &path).await;
         }
     }
-    if pool.lock().unwrap_or_else(|e| e.into_inner()).generation() != saved {
+    if generation() != saved {
         save(&pool, &path).await;
     }
 }

@@ -59,7 +59,7 @@ pub(super) enum AuthCommand {
 }
 
 pub(super) fn init(home: &Home) -> Result<(), Failure> {
-    let fail = |e: &dyn std::fmt::Display| Failure::new(Exit::Internal, e.to_string());
+    let fail = |e: &dyn std::fmt::Display| Failure::internal(e);
     files::create_private_dir(home.dir()).map_err(|e| fail(&e))?;
     home.check().map_err(Failure::usage)?;
     let key_path = home.identity();
@@ -150,8 +150,7 @@ fn peer_arg(text: &str) -> Result<PeerId, Failure> {
 
 pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
     let write = |path: &Path, keys: &AuthorizedKeys| {
-        files::write_atomic(path, keys.render().as_bytes(), 0o600)
-            .map_err(|e| Failure::new(Exit::Internal, e.to_string()))
+        files::write_atomic(path, keys.render().as_bytes(), 0o600).map_err(Failure::internal)
     };
     let mut out = std::io::stdout().lock();
     match command {

@@ -25,9 +25,9 @@ pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
     let stdio = Plain(tokio::io::join(tokio::io::stdin(), tokio::io::stdout()));
     // A tunnel that ends abnormally makes this command fail, so the caller sees a truncation.
     let never = tokio_util::sync::CancellationToken::new();
-    bridge(stdio, socket, &never).await.map_err(|e| {
-        Failure::new(Exit::Internal, format!("{target}: the connection was reset: {e}"))
-    })?;
+    bridge(stdio, socket, &never)
+        .await
+        .map_err(|e| Failure::internal(format!("{target}: the connection was reset: {e}")))?;
     Ok(())
 }
 

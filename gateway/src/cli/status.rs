@@ -35,8 +35,7 @@ pub(super) async fn run(home: &Home, json: bool) -> Result<(), Failure> {
     } else {
         serde_json::from_value::<NodeStatus>(answer).map(|s| gateway_text(&s))
     };
-    let text =
-        text.map_err(|e| Failure::new(Exit::Internal, format!("unexpected status answer: {e}")))?;
+    let text = text.map_err(|e| Failure::internal(format!("unexpected status answer: {e}")))?;
     let _ = out.write_all(text.as_bytes());
     Ok(())
 }
