@@ -19,7 +19,7 @@ use std::time::Duration;
 use libp2p::Stream;
 use peerup_proxy::dial::{self, DialError};
 use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
-use peerup_resolver::{Label, Name, Tiers};
+use peerup_resolver::{Label, Name, ResolveError, Tiers};
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::either::Either;
@@ -132,12 +132,16 @@ impl Gateway {
     }
 
     async fn reach(&self, name: &Name, port: u16) -> Result<Tunnel, ConnectError> {
-        // Until a registry tier exists, every resolution failure is "no such name".
-        let resolution = self
-            .tiers
-            .resolve(name)
-            .await
-            .map_err(|e| ConnectError::new(FailureKind::NoSuchName, e.to_string()))?;
+        let resolution = self.tiers.resolve(name).await.map_err(|e| {
+            let kind = match &e {
+                ResolveError::NoSuchName(_) => FailureKind::NoSuchName,
+                // A registry that cannot be asked now: not "no such name".
+                ResolveError::Unavailable { .. } => FailureKind::Unreachable,
+                // A pinned name answered with another peer.
+                ResolveError::Refused { .. } => FailureKind::NotAllowed,
+            };
+            ConnectError::new(kind, e.to_string())
+        })?;
         let peer = resolution.peer;
         debug!(%name, %peer, tier = %resolution.tier, "resolved");
         tracing::Span::current().record("peer", tracing::field::display(peer));

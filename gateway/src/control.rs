@@ -16,7 +16,10 @@ use tokio::sync::{mpsc, oneshot};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, warn};
 
+use std::sync::Arc;
+
 use crate::files::Home;
+use crate::names::{Pins, RegistryHandle};
 use crate::node::Handle;
 use crate::reload;
 
@@ -82,6 +85,10 @@ pub struct ControlServer {
     path: PathBuf,
     /// A gateway's tiers and suffix, for `resolve` (a relay resolves nothing).
     names: Option<(peerup_resolver::Tiers, peerup_resolver::Label)>,
+    /// A gateway's pins, for `forget`.
+    pins: Option<Arc<Pins>>,
+    /// A registrar relay's registry, for `names` and `release`.
+    registry: Option<RegistryHandle>,
 }
 
 impl ControlServer {
@@ -96,7 +103,7 @@ impl ControlServer {
         }
         let listener = UnixListener::bind(&path).map_err(io)?;
         std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600)).map_err(io)?;
-        Ok(ControlServer { listener, path, names: None })
+        Ok(ControlServer { listener, path, names: None, pins: None, registry: None })
     }
 
     /// Answer `resolve` requests through these tiers (the daemon's, with its cache).
@@ -106,6 +113,18 @@ impl ControlServer {
         suffix: peerup_resolver::Label,
     ) -> Self {
         self.names = Some((tiers, suffix));
+        self
+    }
+
+    /// Answer `forget` by removing pins (a gateway's).
+    pub fn with_pins(mut self, pins: Arc<Pins>) -> Self {
+        self.pins = Some(pins);
+        self
+    }
+
+    /// Answer `names` and `release` from the registry (a registrar relay's).
+    pub fn with_registry(mut self, registry: Option<RegistryHandle>) -> Self {
+        self.registry = registry;
         self
     }
 
@@ -136,7 +155,7 @@ impl ControlServer {
                 },
             };
             // One request at a time is plenty for a control socket, and bounds the work.
-            let serving = serve(socket, &node, &reload, self.names.as_ref());
+            let serving = serve(socket, &node, &reload, &self);
             let answer = tokio::time::timeout(REQUEST_TIMEOUT, serving).await;
             if let Ok(Err(error)) = answer {
                 debug!(%error, "control request failed");
@@ -150,8 +169,9 @@ async fn serve(
     socket: UnixStream,
     node: &Handle,
     reload: &mpsc::Sender<reload::Request>,
-    names: Option<&(peerup_resolver::Tiers, peerup_resolver::Label)>,
+    server: &ControlServer,
 ) -> std::io::Result<()> {
+    let names = server.names.as_ref();
     let (read, mut write) = socket.into_split();
     let mut line = String::new();
     let mut reader = BufReader::new(read).take(MAX_REQUEST as u64);
@@ -178,7 +198,33 @@ async fn serve(
                 None => serde_json::json!({ "error": "this daemon resolves no names" }),
             }
         }
-        _ => serde_json::json!({ "error": "unknown request; expected status, reload or resolve" }),
+        Some("forget") => {
+            let name = request.get("name").and_then(|n| n.as_str()).unwrap_or_default();
+            match (&server.pins, names) {
+                (Some(pins), Some((tiers, suffix))) => forget_answer(pins, tiers, suffix, name),
+                _ => serde_json::json!({ "error": "this daemon pins no names" }),
+            }
+        }
+        Some("names") => match &server.registry {
+            Some(registry) => match registry.list().await {
+                Some(list) => serde_json::json!({ "names": list }),
+                None => shutting_down(),
+            },
+            None => serde_json::json!({ "error": "this relay is not its network's registrar" }),
+        },
+        Some("release") => {
+            let host = request.get("host").and_then(|n| n.as_str()).unwrap_or_default();
+            match &server.registry {
+                Some(registry) => match registry.release(host.to_owned()).await {
+                    Ok(done) => serde_json::json!({ "released": done }),
+                    Err(error) => serde_json::json!({ "error": error }),
+                },
+                None => serde_json::json!({ "error": "this relay is not its network's registrar" }),
+            }
+        }
+        _ => serde_json::json!({
+            "error": "unknown request; expected status, reload, resolve, forget, names or release"
+        }),
     };
     let mut out = serde_json::to_vec(&reply).map_err(std::io::Error::other)?;
     out.push(b'\n');
@@ -212,7 +258,43 @@ pub(crate) async fn resolve_answer(
         Err(error @ ResolveError::NoSuchName(_)) => {
             serde_json::json!({ "no_such_name": error.to_string() })
         }
+        Err(error @ ResolveError::Refused { .. }) => {
+            serde_json::json!({ "refused": error.to_string() })
+        }
         Err(error) => serde_json::json!({ "error": error.to_string() }),
+    }
+}
+
+/// `forget`: remove the pin of a name (`HOST.NETWORK`, with or without the suffix) and the
+/// cached answers, so the next lookup pins afresh.
+pub(crate) fn forget_answer(
+    pins: &Pins,
+    tiers: &peerup_resolver::Tiers,
+    suffix: &peerup_resolver::Label,
+    text: &str,
+) -> serde_json::Value {
+    let Some(key) = pin_key(text, suffix) else {
+        return serde_json::json!({ "error": format!("{text:?} is not HOST.NETWORK") });
+    };
+    let answer = match pins.forget(&key) {
+        Ok(Some(peer)) => serde_json::json!({ "forgot": key, "peer_id": peer.to_base58() }),
+        Ok(None) => serde_json::json!({ "forgot": key, "peer_id": null }),
+        Err(error) => serde_json::json!({ "error": error.to_string() }),
+    };
+    tiers.invalidate();
+    answer
+}
+
+/// The pin key of a name: `host.network`, lowercase.
+pub(crate) fn pin_key(text: &str, suffix: &peerup_resolver::Label) -> Option<String> {
+    use peerup_resolver::Name;
+    let full = match Name::parse(text, suffix) {
+        Ok(Some(_)) => text.to_owned(),
+        _ => format!("{}.{suffix}", text.trim_end_matches('.')),
+    };
+    match Name::parse(&full, suffix) {
+        Ok(Some(name @ Name::Host { .. })) => Some(name.to_string()),
+        _ => None,
     }
 }
 

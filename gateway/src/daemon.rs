@@ -30,6 +30,10 @@ use crate::control::ControlServer;
 use crate::dns::DnsService;
 use crate::files::{self, Home};
 use crate::identity;
+use crate::names::pins::PINS_FILE;
+use crate::names::register::{keep_registered, registrations_of};
+use crate::names::tier::networks_of;
+use crate::names::{Pins, Registrations, RegistryTier};
 use crate::node::{Handle, Node, NodeOptions};
 use crate::protocol::frame::Reason;
 use crate::reload::Reload;
@@ -127,6 +131,8 @@ struct Shared {
     access: Arc<Access>,
     tunnels: Arc<Tunnels>,
     names: Arc<ReloadableNames>,
+    /// The registry tier, whose networks a reload replaces.
+    registry: Arc<RegistryTier>,
     /// The tiers over `names`, whose answer cache a reload clears.
     tiers: Tiers,
     host: Arc<ServiceHost>,
@@ -137,7 +143,10 @@ impl Daemon {
     /// Load `home`, bind every listener, write state.json, and start serving.
     pub async fn start(home: Home) -> Result<Daemon, StartError> {
         let Loaded { config, keypair, lists, names } = load(&home)?;
+        let pins = Arc::new(Pins::load(&home.join(PINS_FILE.as_ref()))?);
         let control = ControlServer::bind(&home).await?;
+        let key = keypair.clone();
+        let registrations = Registrations::default();
         let peer = keypair.public().to_peer_id();
         let access = Arc::new(Access::new(lists));
         let tunnels = Arc::new(Tunnels::default());
@@ -147,7 +156,7 @@ impl Daemon {
             access.clone(),
             tunnels.clone(),
             inbound_tx,
-            node_options(&config),
+            node_options(&config, registrations.clone()),
         )?;
         let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
         node.listen(&listen).await?;
@@ -163,9 +172,25 @@ impl Daemon {
         let table = ServiceTable::from_config(&config);
         let host = ServiceHost::new(table, access.clone(), tunnels.clone(), limits);
         let names = Arc::new(ReloadableNames::new(names));
-        let tiers = Tiers::new(vec![names.clone() as Arc<dyn Resolve>]);
-        let shared =
-            Shared { access, tunnels, names, tiers, host: host.clone(), node: handle.clone() };
+        let registry = Arc::new(RegistryTier::new(
+            networks_of(&config),
+            handle.clone(),
+            pins.clone(),
+            config.dns.ttl.0,
+        ));
+        let tiers = Tiers::new(vec![
+            names.clone() as Arc<dyn Resolve>,
+            registry.clone() as Arc<dyn Resolve>,
+        ]);
+        let shared = Shared {
+            access,
+            tunnels,
+            names,
+            registry,
+            tiers,
+            host: host.clone(),
+            node: handle.clone(),
+        };
         let mut gateway = gateway(&config, &shared, node.connected());
         let pool = DnsService::pool(&config, &home);
         gateway.pool = pool.clone();
@@ -195,11 +220,16 @@ impl Daemon {
         let reloader =
             GatewayReload { home: home.clone(), shared, watched: Mutex::new(Vec::new()) };
         reloader.remember_files(&config);
-        let control = control.with_names(gateway.tiers.clone(), gateway.suffix.clone());
-        let parts =
-            Parts { home, state, control, node: handle, node_task, stop, addrs: Some(addrs) };
+        let control =
+            control.with_names(gateway.tiers.clone(), gateway.suffix.clone()).with_pins(pins);
+        let node = handle.clone();
+        let parts = Parts { home, state, control, node, node_task, stop, addrs: Some(addrs) };
         let runtime = Runtime::start(parts, reloader);
 
+        for registration in registrations_of(&config) {
+            let (node, board, stop) = (handle.clone(), registrations.clone(), accepting.clone());
+            accept_loops.spawn(keep_registered(registration, key.clone(), node, board, stop));
+        }
         accept_loops.spawn(host.run(inbound_rx, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.spawn(socks.run(gateway, accepting.clone(), abort.clone(), tasks.clone()));
         accept_loops.close();
@@ -264,11 +294,12 @@ fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) 
     }
 }
 
-fn node_options(config: &Config) -> NodeOptions {
+fn node_options(config: &Config, registrations: Registrations) -> NodeOptions {
     NodeOptions {
         relays: config.all_relays(),
         mdns: config.mdns,
         keepalive: config.limits.keepalive(),
+        registrations,
     }
 }
 
@@ -337,6 +368,7 @@ impl Reload for GatewayReload {
         let shared = &self.shared;
         shared.access.replace(lists);
         shared.names.replace(names);
+        shared.registry.replace(networks_of(&config));
         shared.tiers.invalidate();
         shared.host.replace_services(ServiceTable::from_config(&config));
         self.enforce().await;

@@ -10,6 +10,8 @@
 //!   and the owner of their background tasks.
 //! - [`daemon`]: `peerup run` — load, bind, serve, reload, drain on a signal.
 //! - [`relay`]: `peerup relay` — a circuit relay for a network's members.
+//! - [`names`]: a network's names — the registrar's store and protocol (on the relay), the
+//!   registry tier, pins and registration (on members).
 //! - [`node`]: the libp2p swarm, its command channel, the connection gate and our tunnel
 //!   stream behaviour.
 //! - [`service`]: serving inbound tunnel streams to local services, with per-stream checks.
@@ -38,6 +40,7 @@ pub mod dns;
 pub mod files;
 pub mod identity;
 pub mod logging;
+pub mod names;
 pub mod node;
 pub mod protocol;
 pub mod relay;

@@ -52,6 +52,10 @@ pub enum StartError {
     Socks { addr: SocketAddr, source: std::io::Error },
     #[error(transparent)]
     Dns(#[from] crate::dns::DnsError),
+    #[error(transparent)]
+    Pins(#[from] crate::names::pins::PinsError),
+    #[error(transparent)]
+    Names(#[from] crate::names::store::StoreError),
 }
 
 impl StartError {
@@ -67,6 +71,8 @@ impl StartError {
             StartError::NoMembers(_) => "relay members",
             StartError::Socks { .. } => "SOCKS listener",
             StartError::Dns(_) => "DNS server",
+            StartError::Pins(_) => "known_names",
+            StartError::Names(_) => "names store",
         }
     }
 }

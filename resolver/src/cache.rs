@@ -1,7 +1,7 @@
 //! The answers of the tiers, cached and merged.
 //!
 //! A positive answer is kept for its TTL, "no such name" for [`NEGATIVE_TTL`]; an answer that a
-//! tier could not give now (`Unavailable`) is never kept. Identical lookups in flight wait for
+//! tier could not give now (`Unavailable`) or must not be used (`Refused`) is never kept. Identical lookups in flight wait for
 //! one lookup. Both maps are bounded: the cache drops expired answers, then the ones closest to
 //! expiry; past [`MAX_IN_FLIGHT`] distinct names being looked up, a new one is refused for now.
 
@@ -104,7 +104,7 @@ impl Cache {
             let ttl = match &answer {
                 Ok(resolution) => Some(resolution.ttl),
                 Err(ResolveError::NoSuchName(_)) => Some(NEGATIVE_TTL),
-                Err(ResolveError::Unavailable { .. }) => None,
+                Err(ResolveError::Unavailable { .. } | ResolveError::Refused { .. }) => None,
             };
             if let Some(ttl) = ttl.filter(|ttl| !ttl.is_zero()) {
                 make_room(&mut state.answers);

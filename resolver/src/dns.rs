@@ -100,7 +100,7 @@ impl DnsHandler {
         let resolution = match self.tiers.resolve(&name).await {
             Ok(resolution) => resolution,
             Err(ResolveError::NoSuchName(_)) => return Err(ResponseCode::NXDomain),
-            Err(error @ ResolveError::Unavailable { .. }) => {
+            Err(error @ (ResolveError::Unavailable { .. } | ResolveError::Refused { .. })) => {
                 debug!(%error, "cannot answer now");
                 return Err(ResponseCode::ServFail);
             }

@@ -5,8 +5,8 @@
 //! `PEERLABEL.p2p` needs no tier at all. The order, as the daemon builds it:
 //!
 //! 1. local names (`names:` in config.yaml and names.yaml), [`ReloadableNames`];
-//! 2. the network's registry (its members' registered hosts) — the next tier to be built, in
-//!    this slot;
+//! 2. the network's registry (its members' registered hosts, records signed by the network's
+//!    registrar; the gateway's `names` module);
 //! 3. further tiers behind the same trait, each asked only for what the ones before did not
 //!    know — for example a blockchain naming tier that maps `HOST.NETWORK` to a peer ID stored
 //!    on chain (not built);
@@ -36,6 +36,8 @@ use crate::name::{Label, Name};
 pub enum Tier {
     /// `names:` in config.yaml and `names.yaml`.
     Local,
+    /// The network's registry (a record signed by its registrar).
+    Registry,
     /// The name itself is a peer label.
     PeerLabel,
 }
@@ -44,6 +46,7 @@ impl fmt::Display for Tier {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.write_str(match self {
             Tier::Local => "local",
+            Tier::Registry => "registry",
             Tier::PeerLabel => "peer-label",
         })
     }
@@ -69,6 +72,9 @@ pub enum ResolveError {
     /// must not cache it).
     #[error("cannot resolve {name} now: {reason}")]
     Unavailable { name: String, reason: String },
+    /// An answer that must not be used: a pinned name answered with a different peer.
+    #[error("{name}: {reason}")]
+    Refused { name: String, reason: String },
 }
 
 /// The answer a tier gives: `Ok(None)` passes the name on to the next tier.

@@ -261,6 +261,63 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
     Ok(())
 }
 
+/// A `resolve` answer that is a failure: no such name (exit 3), refused by a pin (exit 4), or
+/// not answerable now (exit 5).
+pub(super) fn resolve_failure(answer: &serde_json::Value) -> Option<Failure> {
+    let text = |key: &str| answer.get(key).and_then(|v| v.as_str()).map(str::to_owned);
+    if let Some(no) = text("no_such_name") {
+        return Some(Failure::new(Exit::NoSuchName, no));
+    }
+    if let Some(refused) = text("refused") {
+        return Some(Failure::new(Exit::NotAuthorized, refused));
+    }
+    text("error").map(|error| Failure::new(Exit::Unreachable, error))
+}
+
+/// Remove the pin of a name: through the running daemon (whose file it is), else in the file.
+pub(super) async fn forget(home: &Home, text: &str) -> Result<(), Failure> {
+    let request = serde_json::json!({ "command": "forget", "name": text });
+    let answer = match crate::runtime::State::read(home) {
+        Some(state) if state.role == "gateway" => {
+            match crate::control::request_value(&state.control, request).await {
+                Ok(answer) => Some(answer),
+                Err(e)
+                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
+                {
+                    None
+                }
+                Err(e) => {
+                    return Err(Failure::new(
+                        Exit::Unreachable,
+                        format!("the daemon did not answer: {e}"),
+                    ));
+                }
+            }
+        }
+        _ => None,
+    };
+    let answer = match answer {
+        Some(answer) => answer,
+        None => {
+            let config = Config::load(&home.config()).map_err(Failure::usage)?;
+            let path = home.join(crate::names::pins::PINS_FILE.as_ref());
+            let pins = crate::names::Pins::load(&path).map_err(Failure::usage)?;
+            let tiers = peerup_resolver::Tiers::default();
+            crate::control::forget_answer(&pins, &tiers, &config.dns.suffix.0, text)
+        }
+    };
+    if let Some(error) = answer.get("error").and_then(|v| v.as_str()) {
+        return Err(Failure::usage(error.to_owned()));
+    }
+    let name = answer.get("forgot").and_then(|v| v.as_str()).unwrap_or(text);
+    let mut out = std::io::stdout().lock();
+    let _ = match answer.get("peer_id").and_then(|v| v.as_str()) {
+        Some(peer) => writeln!(out, "forgot {name} (was {peer}); the next answer is pinned"),
+        None => writeln!(out, "{name} was not pinned"),
+    };
+    Ok(())
+}
+
 /// Resolve through the running daemon (its tiers and cache) when there is one, else through the
 /// local names.
 pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), Failure> {
@@ -291,11 +348,8 @@ pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), F
             crate::control::resolve_answer(&tiers, &config.dns.suffix.0, text).await
         }
     };
-    if let Some(no) = answer.get("no_such_name").and_then(|v| v.as_str()) {
-        return Err(Failure::new(Exit::NoSuchName, no.to_owned()));
-    }
-    if let Some(error) = answer.get("error").and_then(|v| v.as_str()) {
-        return Err(Failure::new(Exit::Unreachable, error.to_owned()));
+    if let Some(failure) = resolve_failure(&answer) {
+        return Err(failure);
     }
     let mut out = std::io::stdout().lock();
     if json {

@@ -5,17 +5,17 @@
 
 use peerup_proxy::client::connect_via;
 use peerup_proxy::{Plain, bridge};
-use peerup_resolver::{Name, ResolveError};
+use peerup_resolver::Name;
 
 use super::{Exit, Failure, not_running};
 use crate::config::Config;
-use crate::daemon::{State, local_tiers};
+use crate::daemon::State;
 use crate::files::Home;
 
 pub(super) async fn run(home: &Home, target: &str) -> Result<(), Failure> {
     let (host, port) = split_target(target)?;
-    check_local_name(home, host).await?;
     let state = State::read(home).ok_or_else(|| not_running(home))?;
+    check_name(home, &state, host).await?;
     let socks = state
         .socks
         .ok_or_else(|| Failure::usage("this home runs a relay, which has no SOCKS listener"))?;
@@ -42,17 +42,18 @@ fn split_target(target: &str) -> Result<(&str, u16), Failure> {
     Ok((host, port))
 }
 
-/// Answer "no such name" (exit 3) here: through SOCKS it looks like any unreachable host.
-async fn check_local_name(home: &Home, host: &str) -> Result<(), Failure> {
+/// Resolve a `.p2p` name through the daemon first, so the exit code says which failure it was
+/// (through SOCKS, "no such name" and "name service unreachable" are both 0x04).
+async fn check_name(home: &Home, state: &State, host: &str) -> Result<(), Failure> {
     let config = Config::load(&home.config()).map_err(Failure::usage)?;
-    let name = match Name::parse(host, &config.dns.suffix.0) {
-        Ok(Some(name)) => name,
+    match Name::parse(host, &config.dns.suffix.0) {
+        Ok(Some(_)) => {}
         Ok(None) => return Ok(()),
         Err(e) => return Err(Failure::new(Exit::NoSuchName, e.to_string())),
-    };
-    let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
-    match tiers.resolve(&name).await {
-        Err(e @ ResolveError::NoSuchName(_)) => Err(Failure::new(Exit::NoSuchName, e.to_string())),
-        _ => Ok(()),
     }
+    let request = serde_json::json!({ "command": "resolve", "name": host });
+    let answer = crate::control::request_value(&state.control, request)
+        .await
+        .map_err(|e| Failure::new(Exit::Unreachable, format!("the daemon did not answer: {e}")))?;
+    super::admin::resolve_failure(&answer).map_or(Ok(()), Err)
 }

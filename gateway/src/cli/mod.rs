@@ -7,6 +7,7 @@
 mod admin;
 mod connect;
 mod exit;
+mod names;
 mod status;
 
 pub use exit::{Exit, Failure};
@@ -57,8 +58,12 @@ enum Command {
     },
     /// Run the gateway: SOCKS5 proxy, services, libp2p node, relay reservations
     Run,
-    /// Run a circuit relay for the members in the relay's authorized_keys
-    Relay,
+    /// Run a circuit relay for the members in the relay's authorized_keys (and its network's
+    /// name registrar when relay.registry.registrar is its own ID)
+    Relay {
+        #[command(subcommand)]
+        action: Option<RelayCommand>,
+    },
     /// Ask the running daemon: peers, paths (direct/relayed), reservations, circuits
     Status {
         /// Machine-readable output
@@ -71,12 +76,18 @@ enum Command {
         action: admin::AuthCommand,
     },
     /// Resolve NAME through the tiers; print peer ID, tier, TTL
+    #[command(
+        after_help = "Exit: 0 resolved; 3 no such name; 4 refused (the name is pinned to another peer); 5 the name service or the daemon cannot be reached."
+    )]
     Resolve {
         /// HOST.NETWORK.p2p, HOST.NETWORK, or a peer label
         name: String,
         /// One JSON object: peer_id, tier, ttl_secs, addrs
-        #[arg(long)]
+        #[arg(long, conflicts_with = "forget")]
         json: bool,
+        /// Remove the name's pin from known_names: the next registry answer is pinned afresh
+        #[arg(long)]
+        forget: bool,
     },
     /// Bridge stdin/stdout to HOST:PORT through the running daemon (ssh ProxyCommand)
     Connect {
@@ -91,6 +102,15 @@ enum Command {
     },
     /// Print shell completions
     Completions { shell: clap_complete::Shell },
+}
+
+#[derive(Debug, Subcommand)]
+enum RelayCommand {
+    /// The network's names, on the registrar's home (through its control socket when running)
+    Names {
+        #[command(subcommand)]
+        action: names::NamesCommand,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -118,13 +138,21 @@ pub fn main() -> ExitCode {
         Command::Run => refuse_key_log()
             .and_then(|()| runtime())
             .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(|e| Failure::start(&e))),
-        Command::Relay => refuse_key_log().and_then(|()| runtime()).and_then(|rt| {
-            rt.block_on(crate::relay::daemon::run(home)).map_err(|e| Failure::start(&e))
-        }),
+        Command::Relay { action: None } => {
+            refuse_key_log().and_then(|()| runtime()).and_then(|rt| {
+                rt.block_on(crate::relay::daemon::run(home)).map_err(|e| Failure::start(&e))
+            })
+        }
+        Command::Relay { action: Some(RelayCommand::Names { action }) } => {
+            runtime().and_then(|rt| rt.block_on(names::run(&home, action)))
+        }
         Command::Status { json } => runtime().and_then(|rt| rt.block_on(status::run(&home, json))),
         Command::Auth { action } => admin::auth(&home, action),
-        Command::Resolve { name, json } => {
+        Command::Resolve { name, json, forget: false } => {
             runtime().and_then(|rt| rt.block_on(admin::resolve(&home, &name, json)))
+        }
+        Command::Resolve { name, forget: true, .. } => {
+            runtime().and_then(|rt| rt.block_on(admin::forget(&home, &name)))
         }
         Command::Connect { target } => {
             runtime().and_then(|rt| rt.block_on(connect::run(&home, &target)))

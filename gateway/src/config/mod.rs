@@ -16,12 +16,13 @@ mod unique;
 mod validate;
 
 pub use sections::{
-    Dns, Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, Network, Relay, RelayLimits, Service,
-    Socks,
+    Dns, Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, Network, Registry, Relay, RelayLimits,
+    Service, Socks,
 };
 use sections::{default_authorized_keys, default_listen};
 pub use types::{
-    Addr, DnsPool, Dur, HostPort, NameKey, NameValue, NetworkName, RelayAddr, ServiceName, Suffix,
+    Addr, DnsPool, Dur, HostLabel, HostPort, NameKey, NameValue, NetworkName, PeerKey, RelayAddr,
+    ServiceName, Suffix,
 };
 use unique::unique_map;
 

@@ -6,7 +6,9 @@ use std::time::Duration;
 
 use serde::Deserialize;
 
-use super::{Addr, DnsPool, Dur, HostPort, RelayAddr, Suffix};
+use std::collections::BTreeMap;
+
+use super::{Addr, DnsPool, Dur, HostLabel, HostPort, PeerKey, RelayAddr, Suffix};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -14,6 +16,63 @@ pub struct Network {
     /// The network's relays, each a multiaddr ending in /p2p/<relay-peer-id>.
     #[serde(default)]
     pub relays: Vec<RelayAddr>,
+    /// The key that signs the network's names (one of its relays): HOST.NETWORK names are
+    /// looked up in the network's registry only when it is set.
+    #[serde(default)]
+    pub registrar: Option<PeerKey>,
+    /// Register this node as HOST in the network (needs `registrar`).
+    #[serde(default)]
+    pub register_as: Option<HostLabel>,
+}
+
+/// A relay's name registry (`relay.registry`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Registry {
+    /// The network's registrar; this relay's own peer ID makes it the registrar.
+    #[serde(default)]
+    pub registrar: Option<PeerKey>,
+    /// The network's name that `peerup id` suggests to members.
+    #[serde(default = "default_network_name")]
+    pub network: HostLabel,
+    /// Names the operator assigns: HOST: peer-id. Editing one rebinds the name.
+    #[serde(default, deserialize_with = "super::unique::unique_map")]
+    pub names: BTreeMap<HostLabel, PeerKey>,
+    /// How long a record lives; members renew at half of it.
+    #[serde(default = "default_record_lifetime")]
+    pub lifetime: Dur,
+    /// How long after its record expired a name stays its holder's.
+    #[serde(default = "default_record_grace")]
+    pub grace: Dur,
+    /// Names one key may hold.
+    #[serde(default = "default_max_names_per_key")]
+    pub max_names_per_key: usize,
+}
+
+impl Default for Registry {
+    fn default() -> Self {
+        Registry {
+            registrar: None,
+            network: default_network_name(),
+            names: BTreeMap::new(),
+            lifetime: default_record_lifetime(),
+            grace: default_record_grace(),
+            max_names_per_key: default_max_names_per_key(),
+        }
+    }
+}
+
+pub(super) fn default_network_name() -> HostLabel {
+    HostLabel("home".parse().unwrap_or_else(|_| unreachable!("a valid label")))
+}
+pub(super) fn default_record_lifetime() -> Dur {
+    Dur(Duration::from_secs(24 * 3600))
+}
+pub(super) fn default_record_grace() -> Dur {
+    Dur(Duration::from_secs(30 * 24 * 3600))
+}
+pub(super) fn default_max_names_per_key() -> usize {
+    4
 }
 
 /// The relay server's settings.
@@ -30,6 +89,8 @@ pub struct Relay {
     pub authorized_keys: PathBuf,
     #[serde(default)]
     pub limits: RelayLimits,
+    #[serde(default)]
+    pub registry: Registry,
 }
 
 /// Relay limits, sized for real traffic between members (libp2p's defaults are for signalling).
@@ -260,6 +321,7 @@ impl Default for Relay {
             external_addresses: Vec::new(),
             authorized_keys: default_relay_keys(),
             limits: RelayLimits::default(),
+            registry: Registry::default(),
         }
     }
 }

@@ -46,6 +46,44 @@ impl FromStr for NetworkName {
 }
 from_str_deserialize!(NetworkName);
 
+/// A peer ID, base58 (`12D3KooW…`) or base36 (`k51…`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct PeerKey(pub libp2p::PeerId);
+
+impl FromStr for PeerKey {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        peerup_resolver::parse_peer(text)
+            .map(PeerKey)
+            .map_err(|e| format!("{text:?} is not a peer ID: {e}"))
+    }
+}
+from_str_deserialize!(PeerKey);
+
+/// A host label a registry gives out: a DNS label that does not read as a peer ID or label.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct HostLabel(pub Label);
+
+impl FromStr for HostLabel {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        let label: Label = text.parse().map_err(|e| format!("host name: {e}"))?;
+        if crate::names::record::shaped_like_a_peer(label.as_str()) {
+            return Err(format!(
+                "{text:?} reads as a peer ID or peer label, which name peers themselves; choose a name"
+            ));
+        }
+        Ok(HostLabel(label))
+    }
+}
+from_str_deserialize!(HostLabel);
+
+impl fmt::Display for HostLabel {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
 /// The suffix under which names are ours: one DNS label.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Suffix(pub Label);

@@ -12,7 +12,34 @@ impl Config {
         self.check_socks(path)?;
         self.check_service_ports(path)?;
         self.check_limits(path)?;
+        self.check_networks(path)?;
         self.check_relay(path)
+    }
+
+    fn check_networks(&self, path: &Path) -> Result<(), ConfigError> {
+        for (name, network) in &self.networks {
+            let Some(host) = &network.register_as else { continue };
+            let Some(registrar) = network.registrar else {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("networks.{name}.register_as"),
+                    format!(
+                        "registering {host}.{name} needs networks.{name}.registrar (the relay that signs the network's names)"
+                    ),
+                ));
+            };
+            if !network.relays.iter().any(|relay| relay.peer == registrar.0) {
+                return Err(ConfigError::invalid(
+                    path,
+                    format!("networks.{name}.registrar"),
+                    format!(
+                        "{} is not among networks.{name}.relays: a member registers with the registrar as one of its relays",
+                        registrar.0
+                    ),
+                ));
+            }
+        }
+        Ok(())
     }
 
     fn check_listen(&self, path: &Path) -> Result<(), ConfigError> {
@@ -109,6 +136,23 @@ impl Config {
             if value == 0 {
                 return Err(ConfigError::invalid(path, key, "must be at least 1"));
             }
+        }
+        let registry = &self.relay.registry;
+        if registry.lifetime.0 < std::time::Duration::from_secs(60)
+            || registry.lifetime.0 > MAX_CIRCUIT_DURATION
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "relay.registry.lifetime",
+                "must be at least 1m (members renew at half of it)",
+            ));
+        }
+        if registry.max_names_per_key == 0 {
+            return Err(ConfigError::invalid(
+                path,
+                "relay.registry.max_names_per_key",
+                "must be at least 1",
+            ));
         }
         if self.relay.listen.is_empty() {
             return Err(ConfigError::invalid(path, "relay.listen", "needs at least one address"));

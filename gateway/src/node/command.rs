@@ -7,6 +7,7 @@ use libp2p::{Multiaddr, PeerId, Stream};
 use tokio::sync::{mpsc, oneshot};
 
 use super::tunnel::OpenError;
+use crate::names::{NamesRequest, NamesResponse};
 
 /// Commands queued for the swarm's task before senders wait.
 pub const COMMAND_QUEUE: usize = 1024;
@@ -33,6 +34,13 @@ pub enum Command {
     Disconnect(PeerId),
     /// A status snapshot as JSON.
     Status(oneshot::Sender<serde_json::Value>),
+    /// Ask `peer` (a relay; dialled on `addrs` if needed) over `/peerup/names/1.0.0`.
+    Names {
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: NamesRequest,
+        reply: oneshot::Sender<Result<NamesResponse, String>>,
+    },
 }
 
 /// A handle to the swarm's task; cheap to clone.
@@ -68,6 +76,20 @@ impl Handle {
     /// optimisation: it never waits). Returns whether it was queued.
     pub fn warm(&self, peer: PeerId, addrs: Vec<Multiaddr>) -> bool {
         self.commands.try_send(Command::Warm { peer, addrs }).is_ok()
+    }
+
+    /// Send a names request to `peer` and wait for its answer (the request's own timeout
+    /// bounds the wait); an error says why no answer came.
+    pub async fn names(
+        &self,
+        peer: PeerId,
+        addrs: Vec<Multiaddr>,
+        request: NamesRequest,
+    ) -> Result<NamesResponse, String> {
+        let (reply, answer) = oneshot::channel();
+        let stopped = |_| "the node is shutting down".to_owned();
+        self.send(Command::Names { peer, addrs, request, reply }).await.map_err(stopped)?;
+        answer.await.map_err(|_| "the node is shutting down".to_owned())?
     }
 
     /// A status snapshot.

@@ -41,6 +41,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Access;
 use crate::config::RelayAddr;
+use crate::names::{self, NamesResponse, Registrations};
 use crate::protocol::frame::Reason;
 use crate::tunnels::Tunnels;
 pub use command::{Command, Handle, Opened};
@@ -70,6 +71,7 @@ pub struct Behaviour {
     identify: libp2p::identify::Behaviour,
     ping: ping::Behaviour,
     mdns: Toggle<mdns::tokio::Behaviour>,
+    names: names::protocol::Behaviour,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -88,7 +90,14 @@ pub struct NodeOptions {
     /// LAN discovery.
     pub mdns: bool,
     pub keepalive: Keepalive,
+    /// The outcomes of our name registrations, for `status`.
+    pub registrations: Registrations,
 }
+
+/// Names requests awaiting an answer at once; more are refused at once.
+const MAX_NAMES_PENDING: usize = 1024;
+
+type NamesReply = tokio::sync::oneshot::Sender<Result<NamesResponse, String>>;
 
 /// AutoNAT asking our relays (one address each, as for reservations and circuits).
 fn autonat_with_relays(peer: PeerId, relays: &[RelayAddr]) -> autonat::Behaviour {
@@ -119,6 +128,10 @@ pub struct Node {
     tunnels: Arc<Tunnels>,
     /// Our addresses as others observed them (identify), newest last, at most [`OBSERVED`].
     observed: Vec<Multiaddr>,
+    /// Names requests sent, by id, with whom to tell the answer.
+    names_pending: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, NamesReply)>,
+    registrations: Registrations,
+    health: reservations::RelayHealth,
 }
 
 /// Observed addresses kept for `status`.
@@ -153,6 +166,7 @@ impl Node {
         let autonat = autonat_with_relays(peer, &options.relays);
         let reservations = Reservations::new(options.relays);
         let health = reservations.health();
+        let relay_health = health.clone();
         let swarm = libp2p::SwarmBuilder::with_existing_identity(keypair)
             .with_tokio()
             .with_tcp(
@@ -173,6 +187,9 @@ impl Node {
                 identify: swarm::identify_behaviour(key, "peerup"),
                 ping: swarm::ping_behaviour(options.keepalive),
                 mdns: Toggle::from(mdns),
+                names: names::protocol::behaviour(
+                    libp2p::request_response::ProtocolSupport::Outbound,
+                ),
             })
             .map_err(|e| build_error(&e))?
             .with_swarm_config(|c| {
@@ -191,6 +208,9 @@ impl Node {
             access,
             tunnels,
             observed: Vec::new(),
+            names_pending: HashMap::new(),
+            registrations: options.registrations,
+            health: relay_health,
         })
     }
 
@@ -276,6 +296,44 @@ impl Node {
             Command::Status(reply) => {
                 let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
             }
+            Command::Names { peer, addrs, request, reply } => {
+                if self.names_pending.len() >= MAX_NAMES_PENDING {
+                    let _ = reply.send(Err("too many name requests at once".into()));
+                    return;
+                }
+                self.access.choose(peer);
+                let id = self
+                    .swarm
+                    .behaviour_mut()
+                    .names
+                    .send_request_with_addresses(&peer, request, addrs);
+                self.names_pending.insert(id, (peer, reply));
+            }
+        }
+    }
+
+    fn on_names_event(
+        &mut self,
+        event: libp2p::request_response::Event<names::NamesRequest, NamesResponse>,
+    ) {
+        use libp2p::request_response::{Event, Message};
+        match event {
+            Event::Message { message: Message::Response { request_id, response }, .. } => {
+                if let Some((_, reply)) = self.names_pending.remove(&request_id) {
+                    let _ = reply.send(Ok(response));
+                }
+            }
+            Event::OutboundFailure { request_id, error, peer, .. } => {
+                if let Some((_, reply)) = self.names_pending.remove(&request_id) {
+                    let mut why = error.to_string();
+                    if let Some(problem) = self.health.problem(&peer) {
+                        why = format!("{why} ({problem})");
+                    }
+                    let _ = reply.send(Err(why));
+                }
+            }
+            // A gateway answers no names requests (it supports the protocol outbound only).
+            _ => {}
         }
     }
 
@@ -309,6 +367,7 @@ impl Node {
                 self.tunnels.count_peer(p)
             }),
             tunnels: self.tunnels.len(),
+            names: self.registrations.snapshot(),
         }
     }
 
@@ -402,6 +461,7 @@ impl Node {
                 }
             },
             BehaviourEvent::RelayClient(event) => debug!(?event, "relay client"),
+            BehaviourEvent::Names(event) => self.on_names_event(event),
             BehaviourEvent::Ping(ping::Event { peer, connection, result: Ok(_) }) => {
                 self.liveness.alive(peer, connection, tokio::time::Instant::now());
             }

@@ -25,6 +25,9 @@ pub struct NodeStatus {
     /// Tunnels open now, both ways.
     #[serde(default)]
     pub tunnels: usize,
+    /// The names this node registers (`networks.<net>.register_as`), and how that went.
+    #[serde(default)]
+    pub names: Vec<crate::names::register::RegistrationStatus>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

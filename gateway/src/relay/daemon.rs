@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
-use tracing::info;
+use tracing::{info, warn};
 
 use super::RelayNode;
 use crate::auth::Access;
@@ -17,6 +17,9 @@ use crate::config::Config;
 use crate::control::ControlServer;
 use crate::files::Home;
 use crate::identity;
+use crate::names::RegistryHandle;
+use crate::names::registrar::{self, RegistryThread};
+use crate::names::store::{Policy, Registry, STORE_FILE, reserved_names};
 use crate::node::Handle;
 use crate::reload::Reload;
 use crate::runtime::{Ended, Parts, Runtime, StartError, State, warn_if_root};
@@ -37,6 +40,7 @@ pub async fn run(home: Home) -> Result<(), StartError> {
 #[derive(Debug)]
 pub struct RelayDaemon {
     runtime: Runtime,
+    registry: Option<RegistryThread>,
 }
 
 impl RelayDaemon {
@@ -54,7 +58,21 @@ impl RelayDaemon {
         let control = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
         let keepalive = config.limits.keepalive();
-        let mut node = RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive)?;
+        let registry = open_registry(&home, &config, &keypair)?;
+        let (registry, registry_thread) = match registry {
+            Some(registry) => {
+                let (handle, thread) = registrar::start(registry);
+                let reserved = reserved_names(&config.relay.registry.names);
+                if let Err(error) = handle.reserve(reserved).await {
+                    warn!(%error, "relay.registry.names could not be applied");
+                }
+                (Some(handle), Some(thread))
+            }
+            None => (None, None),
+        };
+        let control = control.with_registry(registry.clone());
+        let mut node = RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive)?
+            .with_registry(registry.clone());
         let listen: Vec<Multiaddr> = config.relay.listen.iter().map(|a| a.0.clone()).collect();
         let external: Vec<Multiaddr> =
             config.relay.external_addresses.iter().map(|a| a.0.clone()).collect();
@@ -65,11 +83,17 @@ impl RelayDaemon {
         let stop = CancellationToken::new();
         let (handle, commands) = Handle::new();
         let node_task = tokio::spawn(node.run(stop.clone(), commands));
-        let reloader = MembersReload { path: members_path, access, node: handle.clone() };
+        let reloader = MembersReload {
+            path: members_path,
+            config: home.config(),
+            access,
+            node: handle.clone(),
+            registry,
+        };
         let parts = Parts { home, state, control, node: handle, node_task, stop, addrs: None };
         let runtime = Runtime::start(parts, reloader);
         info!(%peer, members = count, "ready");
-        Ok(RelayDaemon { runtime })
+        Ok(RelayDaemon { runtime, registry: registry_thread })
     }
 
     pub fn state(&self) -> &State {
@@ -79,29 +103,71 @@ impl RelayDaemon {
     pub async fn shutdown(self) {
         info!("shutting down");
         self.runtime.stop().await;
+        // Every handle to the registrar went with the node and the control socket.
+        if let Some(registry) = self.registry {
+            registry.join().await;
+        }
         info!("stopped");
     }
 }
 
-/// The relay reloads its member list.
+/// The registry of a relay that is its network's registrar (`relay.registry.registrar` is its
+/// own peer ID).
+fn open_registry(
+    home: &Home,
+    config: &Config,
+    keypair: &libp2p::identity::Keypair,
+) -> Result<Option<Registry>, StartError> {
+    let settings = &config.relay.registry;
+    let me = keypair.public().to_peer_id();
+    match settings.registrar {
+        Some(registrar) if registrar.0 == me => {}
+        Some(registrar) => {
+            info!(registrar = %registrar.0, "names: another relay is the registrar; this one answers lookups with what it holds");
+            return Ok(None);
+        }
+        None => return Ok(None),
+    }
+    let policy = Policy {
+        lifetime_secs: settings.lifetime.0.as_secs(),
+        grace_secs: settings.grace.0.as_secs(),
+        max_per_key: settings.max_names_per_key,
+        reserved: reserved_names(&settings.names),
+    };
+    let registry = Registry::open(&home.join(STORE_FILE.as_ref()), keypair.clone(), policy)?;
+    info!(names = registry.len(), network = %settings.network, "names: this relay is the registrar");
+    Ok(Some(registry))
+}
+
+/// The relay reloads its member list, and its reserved names from config.yaml.
 #[derive(Debug)]
 struct MembersReload {
     path: PathBuf,
+    config: PathBuf,
     access: Arc<Access>,
     node: Handle,
+    registry: Option<RegistryHandle>,
 }
 
 impl Reload for MembersReload {
     fn watched(&self) -> Vec<PathBuf> {
-        vec![self.path.clone()]
+        vec![self.path.clone(), self.config.clone()]
     }
 
     async fn reload(&self) -> Result<String, String> {
         let members = load_keys(&self.path).map_err(|e| e.to_string())?;
         let count = members.entries().count();
+        let mut summary = format!("{count} members");
+        if let Some(registry) = &self.registry {
+            let config = Config::load(&self.config).map_err(|e| e.to_string())?;
+            let rebound = registry.reserve(reserved_names(&config.relay.registry.names)).await?;
+            if !rebound.is_empty() {
+                summary.push_str(&format!(", names assigned: {}", rebound.join(", ")));
+            }
+        }
         self.access.replace(AccessLists::members(&members));
         self.enforce().await;
-        Ok(format!("{count} members"))
+        Ok(summary)
     }
 
     async fn enforce(&self) {

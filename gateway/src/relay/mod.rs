@@ -28,6 +28,7 @@ use tracing::{debug, info, warn};
 
 use crate::auth::Access;
 use crate::config::RelayLimits;
+use crate::names::{self, NamesResponse, Refusal, RegistryHandle};
 use crate::node::swarm::{self, Keepalive, start_listeners};
 use crate::node::{Command, NodeError, OpenError, gate};
 use traffic::{CircuitStatus, Traffic};
@@ -41,6 +42,7 @@ pub struct RelayBehaviour {
     identify: identify::Behaviour,
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
+    names: names::protocol::Behaviour,
 }
 
 /// What `peerup status` shows for a relay.
@@ -71,7 +73,20 @@ pub struct RelayNode {
     reservations: HashMap<PeerId, SystemTime>,
     /// No external addresses configured: advertise routable listen addresses as they come.
     auto_external: bool,
+    /// The registrar thread, when this relay signs its network's names.
+    registry: Option<RegistryHandle>,
+    /// Names requests being answered, each with the channel its answer goes back on.
+    answering: futures::stream::FuturesUnordered<Answering>,
 }
+
+/// A names request in the registrar's hands.
+type Answering = futures::future::BoxFuture<
+    'static,
+    (libp2p::request_response::ResponseChannel<NamesResponse>, NamesResponse),
+>;
+
+/// Names requests answered at once; past it, a request is refused as busy.
+const MAX_ANSWERING: usize = 1024;
 
 impl std::fmt::Debug for RelayNode {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -157,11 +172,28 @@ impl RelayNode {
                     peer,
                     autonat::Config { only_global_ips: false, ..Default::default() },
                 ),
+                names: names::protocol::behaviour(
+                    libp2p::request_response::ProtocolSupport::Inbound,
+                ),
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(swarm::IDLE_CONNECTION_TIMEOUT))
             .build();
-        Ok(RelayNode { swarm, access, traffic, reservations: HashMap::new(), auto_external: false })
+        Ok(RelayNode {
+            swarm,
+            access,
+            traffic,
+            reservations: HashMap::new(),
+            auto_external: false,
+            registry: None,
+            answering: Default::default(),
+        })
+    }
+
+    /// Answer names requests through the registrar thread.
+    pub fn with_registry(mut self, registry: Option<RegistryHandle>) -> Self {
+        self.registry = registry;
+        self
     }
 
     /// Bind the listeners and advertise external addresses: the configured ones, or else every
@@ -197,6 +229,9 @@ impl RelayNode {
             tokio::select! {
                 () = stop.cancelled() => return,
                 Some(command) = commands.recv() => self.on_command(command),
+                Some((channel, response)) = self.answering.next(), if !self.answering.is_empty() => {
+                    let _ = self.swarm.behaviour_mut().names.send_response(channel, response);
+                }
                 event = self.swarm.select_next_some() => self.on_event(event),
             }
         }
@@ -222,8 +257,11 @@ impl RelayNode {
             Command::Open { reply, .. } => {
                 let _ = reply.send(Err(OpenError::Unsupported));
             }
-            // A relay opens no tunnels, so it warms no paths.
+            // A relay opens no tunnels, so it warms no paths, and it asks no names.
             Command::Warm { .. } => {}
+            Command::Names { reply, .. } => {
+                let _ = reply.send(Err("a relay asks no names".into()));
+            }
         }
     }
 
@@ -278,6 +316,7 @@ impl RelayNode {
                 }
                 other => debug!(event = ?other, "relay"),
             },
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Names(event)) => self.on_names(event),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "member connected");
             }
@@ -297,6 +336,53 @@ impl RelayNode {
             }
             SwarmEvent::ListenerError { error, .. } => warn!(%error, "listener error"),
             _ => {}
+        }
+    }
+}
+
+impl RelayNode {
+    /// A member's names request: to the registrar thread, or answered here when this relay
+    /// holds no registry or is too busy.
+    fn on_names(
+        &mut self,
+        event: libp2p::request_response::Event<names::NamesRequest, NamesResponse>,
+    ) {
+        use libp2p::request_response::{Event, Message};
+        let Event::Message { peer, message: Message::Request { request, channel, .. }, .. } = event
+        else {
+            if let Event::InboundFailure { peer, error, .. } = event {
+                debug!(%peer, %error, "names request failed");
+            }
+            return;
+        };
+        let refuse =
+            |code, message: &str| NamesResponse::Refused { code, message: message.to_owned() };
+        let immediate = if !self.access.may_connect(&peer) {
+            Some(refuse(Refusal::NotMember, "only the relay's members may use its names"))
+        } else if self.answering.len() >= MAX_ANSWERING {
+            Some(refuse(Refusal::Unavailable, "the registrar is busy; try again"))
+        } else {
+            match (&self.registry, &request) {
+                (Some(_), _) => None,
+                (None, names::NamesRequest::Lookup { .. }) => Some(NamesResponse::NotFound),
+                (None, _) => {
+                    Some(refuse(Refusal::NotRegistrar, "this relay is not the network's registrar"))
+                }
+            }
+        };
+        if let Some(response) = immediate {
+            let _ = self.swarm.behaviour_mut().names.send_response(channel, response);
+            return;
+        }
+        if let Some(registry) = &self.registry {
+            let answer = registry.request(peer, request);
+            self.answering.push(Box::pin(async move {
+                let response = answer.await.unwrap_or(NamesResponse::Refused {
+                    code: Refusal::Unavailable,
+                    message: "the registrar stopped".into(),
+                });
+                (channel, response)
+            }));
         }
     }
 }

@@ -1,0 +1,233 @@
+//! A member keeps its `register_as` name registered: it claims `HOST` with the network's
+//! registrar, renews at half of the record's life, and retries failures with a capped backoff.
+//! Every outcome is logged once when it changes (renewals quietly) and shown by `peerup status`.
+
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use libp2p::PeerId;
+use libp2p::identity::Keypair;
+use peerup_resolver::Label;
+use serde::{Deserialize, Serialize};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use super::protocol::{NamesRequest, NamesResponse, Refusal, decode_bytes, encode_bytes};
+use super::record::{Action, Claim, Record, unix_now};
+use crate::config::{Config, RelayAddr};
+use crate::node::Handle;
+
+/// The first pause after a failure, doubled after each until [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+pub const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Renewal never comes sooner than this after a success.
+const MIN_RENEWAL: Duration = Duration::from_secs(1);
+
+/// One name this node registers.
+#[derive(Debug, Clone)]
+pub struct Registration {
+    pub network: Label,
+    pub host: Label,
+    pub registrar: RelayAddr,
+}
+
+/// The registrations the config asks for.
+pub fn registrations_of(config: &Config) -> Vec<Registration> {
+    config
+        .networks
+        .iter()
+        .filter_map(|(name, network)| {
+            let host = network.register_as.as_ref()?.0.clone();
+            let registrar = network.registrar?.0;
+            let relay = network.relays.iter().find(|r| r.peer == registrar)?.clone();
+            Some(Registration { network: name.0.clone(), host, registrar: relay })
+        })
+        .collect()
+}
+
+/// What `peerup status` shows of one registration.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct RegistrationStatus {
+    pub name: String,
+    /// `trying`, `registered` or `refused`.
+    pub state: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial: Option<u64>,
+    /// Unix seconds.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires: Option<u64>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+}
+
+/// Every registration's latest outcome, shared with the node's status.
+#[derive(Debug, Clone, Default)]
+pub struct Registrations(Arc<Mutex<Vec<RegistrationStatus>>>);
+
+impl Registrations {
+    pub fn snapshot(&self) -> Vec<RegistrationStatus> {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+    }
+
+    fn set(&self, status: RegistrationStatus) {
+        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        match all.iter_mut().find(|s| s.name == status.name) {
+            Some(slot) => *slot = status,
+            None => all.push(status),
+        }
+    }
+}
+
+/// What one attempt came to.
+enum Outcome {
+    Registered(Record),
+    Refused(Refusal, String),
+    Failed(String),
+}
+
+/// Keep `registration` registered until `stop`.
+pub async fn keep_registered(
+    registration: Registration,
+    key: Keypair,
+    node: Handle,
+    board: Registrations,
+    stop: CancellationToken,
+) {
+    let Registration { network, host, registrar } = &registration;
+    let name = format!("{host}.{network}");
+    let me = key.public().to_peer_id();
+    board.set(RegistrationStatus {
+        name: name.clone(),
+        state: "trying".into(),
+        serial: None,
+        expires: None,
+        error: None,
+    });
+    let mut backoff = FIRST_BACKOFF;
+    let mut last_said: Option<String> = None;
+    loop {
+        let outcome = attempt(&key, me, host, registrar, &node).await;
+        let pause = match outcome {
+            Outcome::Registered(record) => {
+                backoff = FIRST_BACKOFF;
+                let said = "registered".to_owned();
+                if last_said.as_ref() != Some(&said) {
+                    info!(name, registrar = %registrar.peer, expires = record.expires, serial = record.serial, "name registered");
+                } else {
+                    debug!(name, expires = record.expires, serial = record.serial, "name renewed");
+                }
+                last_said = Some(said);
+                board.set(RegistrationStatus {
+                    name: name.clone(),
+                    state: "registered".into(),
+                    serial: Some(record.serial),
+                    expires: Some(record.expires),
+                    error: None,
+                });
+                let life = record.expires.saturating_sub(unix_now());
+                Duration::from_secs(life / 2).max(MIN_RENEWAL)
+            }
+            Outcome::Refused(code, message) => {
+                let hint = match code {
+                    Refusal::Taken => format!(
+                        "{name} belongs to another key: choose another networks.{network}.register_as, or ask the registrar's operator (`peerup relay names list`)"
+                    ),
+                    Refusal::NotMember => format!(
+                        "not a member of the registrar (on the relay: peerup auth add {me} --relay)"
+                    ),
+                    Refusal::NotRegistrar => format!(
+                        "{} is not this network's registrar: check networks.{network}.registrar",
+                        registrar.peer
+                    ),
+                    _ => message.clone(),
+                };
+                let said = format!("refused: {message}; {hint}");
+                if last_said.as_ref() != Some(&said) {
+                    warn!(name, why = message, hint, retry_in = ?backoff, "registration refused");
+                }
+                last_said = Some(said);
+                board.set(RegistrationStatus {
+                    name: name.clone(),
+                    state: "refused".into(),
+                    serial: None,
+                    expires: None,
+                    error: Some(format!("{message}; {hint}")),
+                });
+                next_backoff(&mut backoff)
+            }
+            Outcome::Failed(error) => {
+                let said = format!("unreachable: {error}");
+                if last_said.as_ref() != Some(&said) {
+                    warn!(name, registrar = %registrar.peer, %error, retry_in = ?backoff, "registrar unreachable; retrying");
+                } else {
+                    debug!(name, %error, retry_in = ?backoff, "registrar still unreachable");
+                }
+                last_said = Some(said);
+                let mut status = board.snapshot().into_iter().find(|s| s.name == name);
+                // A registered name stays so while its record lives.
+                let still = status.as_ref().is_some_and(|s| {
+                    s.state == "registered" && s.expires.is_some_and(|e| e > unix_now())
+                });
+                if !still {
+                    status = Some(RegistrationStatus {
+                        name: name.clone(),
+                        state: "trying".into(),
+                        serial: None,
+                        expires: None,
+                        error: None,
+                    });
+                }
+                if let Some(mut status) = status {
+                    status.error = Some(format!("registrar unreachable: {error}"));
+                    board.set(status);
+                }
+                next_backoff(&mut backoff)
+            }
+        };
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+}
+
+fn next_backoff(backoff: &mut Duration) -> Duration {
+    let now = *backoff;
+    *backoff = (*backoff * 2).min(MAX_BACKOFF);
+    now
+}
+
+async fn attempt(
+    key: &Keypair,
+    me: PeerId,
+    host: &Label,
+    registrar: &RelayAddr,
+    node: &Handle,
+) -> Outcome {
+    let claim = Claim::new(key, registrar.peer, host, Action::Register, unix_now()).sign(key);
+    let request = NamesRequest::Register { claim: encode_bytes(&claim) };
+    let asked = node.names(registrar.peer, vec![registrar.full()], request);
+    let answer = match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT * 2, asked).await {
+        Ok(Ok(answer)) => answer,
+        Ok(Err(error)) => return Outcome::Failed(error),
+        Err(_) => return Outcome::Failed("no answer in time".into()),
+    };
+    match answer {
+        NamesResponse::Record { record } => {
+            let verified =
+                decode_bytes(&record).ok_or_else(|| "not base64".to_owned()).and_then(|bytes| {
+                    Record::verify(&bytes, &registrar.peer, host.as_str(), unix_now())
+                        .map_err(|e| e.to_string())
+                });
+            match verified {
+                Ok(record) if record.owner_peer() == Some(me) => Outcome::Registered(record),
+                Ok(_) => {
+                    Outcome::Failed("the registrar answered with a record for another key".into())
+                }
+                Err(why) => Outcome::Failed(format!("the registrar's record {why}")),
+            }
+        }
+        NamesResponse::Refused { code, message } => Outcome::Refused(code, message),
+        NamesResponse::NotFound => Outcome::Failed("the registrar answered not found".into()),
+    }
+}
