@@ -8,21 +8,9 @@ mod support;
 
 use std::time::{Duration, Instant};
 
-use support::{Daemon, Home, peerup, poll_until, report};
+use support::{Daemon, Home, free_port, peerup, poll_until, report};
 
 const BOUND: Duration = Duration::from_secs(30);
-
-/// A port free for both TCP and UDP on 127.0.0.1 (bound, then released), so a restarted relay
-/// comes back where its members look for it.
-fn free_port() -> u16 {
-    loop {
-        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-        let port = tcp.local_addr().unwrap().port();
-        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-}
 
 struct Relay {
     home: Home,

@@ -253,6 +253,18 @@ fn wait_ready(home: &Path, child: &mut Child) -> Option<State> {
     None
 }
 
+/// A port free for both TCP and UDP on 127.0.0.1 (bound, then released), so a restarted relay
+/// comes back where its members look for it.
+pub fn free_port() -> u16 {
+    loop {
+        let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = tcp.local_addr().unwrap().port();
+        if std::net::UdpSocket::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
+}
+
 /// Poll `check` until it gives a value or `timeout` passes; the value and how long it took.
 pub fn poll_until<T>(
     timeout: Duration,

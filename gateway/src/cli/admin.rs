@@ -58,7 +58,75 @@ pub(super) enum AuthCommand {
     },
 }
 
-pub(super) fn init(home: &Home) -> Result<(), Failure> {
+/// `peerup init --network NET --relay ADDR [--registrar ID] [--name HOST]`.
+#[derive(Debug, clap::Args)]
+pub(super) struct Join {
+    /// Join this network (its name on this machine: HOST.NETWORK.p2p)
+    #[arg(long, value_name = "NET", requires = "relay")]
+    network: Option<String>,
+    /// The network's relay, a multiaddr ending in /p2p/<relay-peer-id> (repeat for several)
+    #[arg(long, value_name = "ADDR", requires = "network")]
+    relay: Vec<String>,
+    /// The network's registrar [default: the first relay's peer ID]
+    #[arg(long, value_name = "PEER-ID", requires = "network")]
+    registrar: Option<String>,
+    /// Register this machine as HOST in the network (HOST.NETWORK.p2p)
+    #[arg(long, value_name = "HOST", requires = "network")]
+    name: Option<String>,
+}
+
+impl Join {
+    /// The `networks:` section these flags describe, checked as config.yaml would be.
+    fn networks_yaml(&self) -> Result<Option<String>, Failure> {
+        let Some(network) = &self.network else { return Ok(None) };
+        let network: crate::config::NetworkName = network.parse().map_err(Failure::usage)?;
+        let mut relays = Vec::new();
+        for text in &self.relay {
+            let relay: crate::config::RelayAddr = text.parse().map_err(Failure::usage)?;
+            relays.push(relay);
+        }
+        let Some(first) = relays.first() else {
+            return Err(Failure::usage("--network needs at least one --relay"));
+        };
+        let registrar = match &self.registrar {
+            Some(text) => parse_peer(text)
+                .map_err(|e| Failure::usage(format!("--registrar {text:?}: {e}")))?,
+            None => first.peer,
+        };
+        let mut yaml = format!("networks:\n  {network}:\n    relays:\n");
+        for relay in &relays {
+            yaml.push_str(&format!("      - {}\n", relay.full()));
+        }
+        yaml.push_str(&format!("    registrar: {registrar}\n"));
+        if let Some(host) = &self.name {
+            let host: crate::config::HostLabel = host.parse().map_err(Failure::usage)?;
+            yaml.push_str(&format!("    register_as: {host}\n"));
+        }
+        // The same checks `peerup run` makes (the registrar among the relays, ...).
+        Config::parse(&yaml, Path::new("(the --network flags)")).map_err(Failure::usage)?;
+        Ok(Some(yaml))
+    }
+}
+
+/// The default config with `networks: {}` replaced by `networks`.
+fn config_joining(networks: &str) -> String {
+    DEFAULT_CONFIG.replace("networks: {}\n", networks)
+}
+
+pub(super) fn init(home: &Home, join: &Join) -> Result<(), Failure> {
+    let networks = join.networks_yaml()?;
+    if let Some(networks) = &networks
+        && home.config().exists()
+    {
+        return Err(Failure::usage(format!(
+            "{} exists and is kept; to join the network, add to it:\n{networks}",
+            home.config().display()
+        )));
+    }
+    let config_text = match &networks {
+        Some(networks) => config_joining(networks),
+        None => DEFAULT_CONFIG.to_owned(),
+    };
     let fail = |e: &dyn std::fmt::Display| Failure::internal(e);
     files::create_private_dir(home.dir()).map_err(|e| fail(&e))?;
     home.check().map_err(Failure::usage)?;
@@ -74,7 +142,7 @@ pub(super) fn init(home: &Home) -> Result<(), Failure> {
         key.public().to_peer_id()
     };
     let defaults: [(PathBuf, &str); 2] = [
-        (home.config(), DEFAULT_CONFIG),
+        (home.config(), &config_text),
         (home.join(Path::new(files::AUTHORIZED_KEYS_FILE)), AUTHORIZED_KEYS_HEADER),
     ];
     for (path, contents) in defaults {
@@ -86,21 +154,103 @@ pub(super) fn init(home: &Home) -> Result<(), Failure> {
         }
     }
     let _ = writeln!(out, "peer id  {peer}\nlabel    {}", peer_label(&peer));
+    if networks.is_some() {
+        let _ = writeln!(
+            out,
+            "next     ask the relay's operator to admit you: peerup auth add {peer} --relay"
+        );
+    }
     Ok(())
 }
 
 pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
     let key = identity::load(&home.identity()).map_err(Failure::usage)?;
     let peer = key.public().to_peer_id();
+    let onboarding = relay_onboarding(home, peer)?;
     let mut out = std::io::stdout().lock();
     let _ = if json {
-        let value =
+        let mut value =
             serde_json::json!({ "peer_id": peer.to_base58(), "dns_label": peer_label(&peer) });
+        if let Some(on) = &onboarding {
+            value["member_init"] = serde_json::json!(on.init);
+            value["member_config"] = serde_json::json!(on.config);
+            value["admit_member"] = serde_json::json!(on.admit);
+        }
         writeln!(out, "{value}")
     } else {
-        writeln!(out, "{peer}\n{}", peer_label(&peer))
+        let _ = writeln!(out, "{peer}\n{}", peer_label(&peer));
+        match &onboarding {
+            Some(on) => writeln!(
+                out,
+                "\nThis home runs a relay{}. A new member joins with:\n  {}\nor, in an existing config.yaml:\n{}Then admit it here:\n  {}",
+                on.role,
+                on.init,
+                on.config.lines().map(|l| format!("  {l}\n")).collect::<String>(),
+                on.admit
+            ),
+            None => Ok(()),
+        }
     };
     Ok(())
+}
+
+/// What a relay's operator hands a new member.
+struct Onboarding {
+    role: String,
+    init: String,
+    config: String,
+    admit: String,
+}
+
+/// For a relay home (one with a member list or a registry): the member's `peerup init` line,
+/// its config lines, and the operator's line that admits it.
+fn relay_onboarding(home: &Home, peer: PeerId) -> Result<Option<Onboarding>, Failure> {
+    let config = Config::load(&home.config()).map_err(Failure::usage)?;
+    let registry = &config.relay.registry;
+    let members = home.join(&config.relay.authorized_keys);
+    if !members.exists() && registry.registrar.is_none() {
+        return Ok(None);
+    }
+    let network = registry.network.to_string();
+    let registrar = registry.registrar.map_or(peer, |r| r.0);
+    // Where members reach it: the running relay's public addresses, else the configured ones.
+    let running = State::read(home).filter(|s| s.role == "relay").map(|s| s.libp2p);
+    let mut addrs: Vec<String> = match (&config.relay.external_addresses[..], running) {
+        ([], Some(bound)) => bound,
+        ([], None) => config.relay.listen.iter().map(|a| a.0.to_string()).collect(),
+        (external, _) => external.iter().map(|a| a.0.to_string()).collect(),
+    };
+    addrs.retain(|a| !a.contains("/ip4/127.") && !a.starts_with("/ip6/::1/"));
+    let addrs: Vec<String> = addrs
+        .iter()
+        .map(|a| {
+            let a = a
+                .replace("/ip4/0.0.0.0/", "/ip4/<public-ip>/")
+                .replace("/ip6/::/", "/ip6/<public-ip6>/");
+            format!("{a}/p2p/{peer}")
+        })
+        .collect();
+    let first =
+        addrs.first().cloned().unwrap_or_else(|| format!("/ip4/<public-ip>/tcp/4101/p2p/{peer}"));
+    let registrar_flag =
+        if registrar == peer { String::new() } else { format!(" --registrar {registrar}") };
+    let mut yaml = format!("networks:\n  {network}:\n    relays:\n");
+    for addr in &addrs {
+        yaml.push_str(&format!("      - {addr}\n"));
+    }
+    yaml.push_str(&format!("    registrar: {registrar}\n    register_as: HOST\n"));
+    let role = match registry.registrar {
+        Some(r) if r.0 == peer => format!(" and is the registrar of network {network}"),
+        _ => String::new(),
+    };
+    Ok(Some(Onboarding {
+        role,
+        init: format!(
+            "peerup init --network {network} --relay {first}{registrar_flag} --name HOST"
+        ),
+        config: yaml,
+        admit: "peerup auth add <member-peer-id> --relay".into(),
+    }))
 }
 
 /// Which file an auth command edits, and a note when the config should name it.

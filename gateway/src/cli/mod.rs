@@ -49,7 +49,13 @@ pub struct Cli {
 #[derive(Debug, Subcommand)]
 enum Command {
     /// Create identity.key (0600), config.yaml and authorized_keys; never overwrites
-    Init,
+    #[command(after_help = "Join a network whose relay's operator gave you its address:\n  \
+        peerup init --network lab --relay /ip4/203.0.113.7/tcp/4101/p2p/12D3KooW... --name laptop\n\
+        then ask the operator to run `peerup auth add <your peer ID> --relay` on the relay.")]
+    Init {
+        #[command(flatten)]
+        join: admin::Join,
+    },
     /// Print this node's peer ID (base58) and its DNS label (base36)
     Id {
         /// Machine-readable output
@@ -133,7 +139,7 @@ pub fn main() -> ExitCode {
     crate::logging::init(cli.verbose, cli.quiet);
     let home = Home::new(cli.home);
     let result = match cli.command {
-        Command::Init => admin::init(&home),
+        Command::Init { join } => admin::init(&home, &join),
         Command::Id { json } => admin::id(&home, json),
         Command::Run => refuse_key_log()
             .and_then(|()| runtime())

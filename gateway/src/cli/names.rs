@@ -70,6 +70,9 @@ pub(super) async fn run(home: &Home, command: NamesCommand) -> Result<(), Failur
                 .and_then(|n| serde_json::from_value(n).ok())
                 .unwrap_or_default();
             let now = unix_now();
+            if names.is_empty() {
+                let _ = writeln!(out, "no names registered yet");
+            }
             for name in names {
                 let owner = name.owner.or(name.holder).unwrap_or_else(|| "-".into());
                 let left = match name.expires.checked_sub(now) {

@@ -57,6 +57,21 @@ fn gateway_text(status: &NodeStatus) -> String {
             }
         }
     }
+    if !status.names.is_empty() {
+        out.push_str("names:\n");
+        let now = crate::names::record::unix_now();
+        for name in &status.names {
+            let expires = match name.expires {
+                Some(at) if at > now => format!("  expires in {}s", at - now),
+                Some(_) => "  expired".to_owned(),
+                None => String::new(),
+            };
+            out.push_str(&format!("  {:<24} {}{expires}\n", name.name, name.state));
+            if let Some(error) = &name.error {
+                out.push_str(&format!("    why: {error}\n"));
+            }
+        }
+    }
     out.push_str(&format!("peers: {}  tunnels: {}\n", status.peers.len(), status.tunnels));
     for peer in &status.peers {
         let role = if peer.relay { " (relay)" } else { "" };

@@ -231,3 +231,62 @@ async fn attempt(
         NamesResponse::NotFound => Outcome::Failed("the registrar answered not found".into()),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::node::Command;
+
+    /// Our own timers, on paused time: failures back off 1 s, 2 s, ...; a granted record is
+    /// renewed at half of its life.
+    #[tokio::test(start_paused = true)]
+    async fn failures_back_off_and_a_record_is_renewed_at_half_life() {
+        let (node, mut commands) = Handle::new();
+        let registrar_key = Keypair::generate_ed25519();
+        let registrar = RelayAddr {
+            addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+            peer: registrar_key.public().to_peer_id(),
+        };
+        let registration = Registration {
+            network: "lab".parse().unwrap(),
+            host: "home".parse().unwrap(),
+            registrar,
+        };
+        let key = Keypair::generate_ed25519();
+        let me = key.public().to_peer_id();
+        let (board, stop) = (Registrations::default(), CancellationToken::new());
+        let task =
+            tokio::spawn(keep_registered(registration, key, node, board.clone(), stop.clone()));
+        let started = tokio::time::Instant::now();
+        let mut at = Vec::new();
+        for attempt in 0..5 {
+            let Some(Command::Names { request, reply, .. }) = commands.recv().await else {
+                panic!("a names request")
+            };
+            assert!(matches!(request, NamesRequest::Register { .. }));
+            at.push(started.elapsed().as_secs());
+            if attempt < 2 {
+                let _ = reply.send(Err("connection refused".into()));
+                continue;
+            }
+            let now = unix_now();
+            let record = Record {
+                registrar: registrar_key.public().to_peer_id().to_base58(),
+                host: "home".into(),
+                owner: Some(me.to_base58()),
+                serial: attempt,
+                issued: now,
+                expires: now + 100,
+                why: None,
+            };
+            let signed = encode_bytes(&record.sign(&registrar_key));
+            let _ = reply.send(Ok(NamesResponse::Record { record: signed }));
+            tokio::task::yield_now().await;
+        }
+        assert_eq!(at, vec![0, 1, 3, 53, 103], "backoff 1 s, 2 s; renewal every 50 s");
+        let status = board.snapshot();
+        assert_eq!((status[0].name.as_str(), status[0].state.as_str()), ("home.lab", "registered"));
+        stop.cancel();
+        task.await.unwrap();
+    }
+}
