@@ -355,3 +355,80 @@ fn a_dns_address_that_is_taken_stops_the_start_when_the_config_chose_it() {
     assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
     assert!(stderr(&out).contains("cannot start (DNS server)"), "{}", stderr(&out));
 }
+
+#[test]
+fn a_relay_prints_how_to_join_and_init_writes_a_config_that_joins() {
+    let relay = Home::init();
+    let id = &relay.peer_id;
+    std::fs::write(
+        relay.file("config.yaml"),
+        format!("relay:\n  external_addresses: [/ip4/203.0.113.7/tcp/4101]\n  registry:\n    registrar: {id}\n    network: lab\n"),
+    )
+    .unwrap();
+    relay.write_private("relay_authorized_keys", "");
+    let out = peerup(relay.path(), &["id"]);
+    let text = String::from_utf8_lossy(&out.stdout).into_owned();
+    let addr = format!("/ip4/203.0.113.7/tcp/4101/p2p/{id}");
+    let init = format!("peerup init --network lab --relay {addr} --name HOST");
+    assert!(text.contains(&init), "the member's line: {text}");
+    assert!(
+        text.contains("peerup auth add <member-peer-id> --relay"),
+        "the operator's line: {text}"
+    );
+    assert!(text.contains(&format!("registrar: {id}")), "config lines: {text}");
+
+    // The member runs that line (with its own name).
+    let dir = tempfile::tempdir().unwrap();
+    let member = dir.path().join("member");
+    let args = ["init", "--network", "lab", "--relay", &addr, "--name", "laptop"];
+    let out = peerup(&member, &args);
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("--relay"), "says what comes next");
+    let config = std::fs::read_to_string(member.join("config.yaml")).unwrap();
+    assert!(config.contains("register_as: laptop") && config.contains(&format!("registrar: {id}")));
+    let out = peerup(&member, &["config", "check"]);
+    assert!(out.status.success(), "{}", stderr(&out));
+    // An existing config is kept; the error shows what to add.
+    let out = peerup(&member, &args);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        stderr(&out).contains("exists and is kept") && stderr(&out).contains("register_as: laptop")
+    );
+    // A peer-shaped name is refused before anything is written.
+    let label = relay.peer_label();
+    let out = peerup(
+        &dir.path().join("other"),
+        &["init", "--network", "lab", "--relay", &addr, "--name", &label],
+    );
+    assert_eq!(out.status.code(), Some(2));
+    assert!(stderr(&out).contains("reads as a peer ID or peer label"), "{}", stderr(&out));
+    assert!(!dir.path().join("other").join("config.yaml").exists());
+}
+
+#[test]
+fn config_check_refuses_a_registration_the_network_cannot_take() {
+    let home = Home::init();
+    let relay = Home::init();
+    let addr = format!("/ip4/203.0.113.7/tcp/4101/p2p/{}", relay.peer_id);
+    for (network, want) in [
+        (format!("relays: [{addr}]\n    register_as: laptop"), "needs networks.lab.registrar"),
+        (
+            format!("relays: [{addr}]\n    registrar: {}\n    register_as: laptop", home.peer_id),
+            "is not among networks.lab.relays",
+        ),
+        (
+            format!(
+                "relays: [{addr}]\n    registrar: {}\n    register_as: {}",
+                relay.peer_id,
+                relay.peer_label()
+            ),
+            "reads as a peer ID",
+        ),
+    ] {
+        std::fs::write(home.file("config.yaml"), format!("networks:\n  lab:\n    {network}\n"))
+            .unwrap();
+        let out = peerup(home.path(), &["config", "check"]);
+        assert_eq!(out.status.code(), Some(2), "{network}");
+        assert!(stderr(&out).contains(want), "{network}: {}", stderr(&out));
+    }
+}

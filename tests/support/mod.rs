@@ -52,6 +52,12 @@ impl Home {
         self.dir.path()
     }
 
+    /// The peer ID as a DNS label (base36), as `peerup id` prints it.
+    pub fn peer_label(&self) -> String {
+        let out = peerup(self.path(), &["id"]);
+        String::from_utf8(out.stdout).unwrap().lines().nth(1).unwrap().to_owned()
+    }
+
     pub fn file(&self, name: &str) -> PathBuf {
         self.dir.path().join(name)
     }

@@ -279,3 +279,71 @@ mod tests {
         }
     }
 }
+
+#[cfg(test)]
+mod vectors {
+    use super::*;
+
+    /// The keys of docs/protocol.md's vectors: Ed25519 secret keys of 32 bytes 0x01 and 0x02.
+    pub(super) fn keys() -> (Keypair, Keypair) {
+        let registrar = Keypair::ed25519_from_bytes([1u8; 32]).unwrap();
+        let member = Keypair::ed25519_from_bytes([2u8; 32]).unwrap();
+        (registrar, member)
+    }
+
+    pub(super) fn record(registrar: &Keypair, member: &Keypair) -> Record {
+        Record {
+            registrar: registrar.public().to_peer_id().to_base58(),
+            host: "home".into(),
+            owner: Some(member.public().to_peer_id().to_base58()),
+            serial: 1_764_806_400_000_000,
+            issued: 1_764_806_400,
+            expires: 1_764_892_800,
+            why: None,
+        }
+    }
+
+    /// The signed envelopes of docs/protocol.md, byte for byte (Ed25519 signatures are
+    /// deterministic).
+    const RECORD_HEX: &str = "0a24080112208a88e3dd7409f195fd52db2d3cba5d72ca6709bf1d94121bf3748801b40f6f5c12162f7065657275702f6e616d65732f7265636f72642f311ad4017b22726567697374726172223a22313244334b6f6f574b3939566f56784e4537587a79427758457a573778684b37477076383572394633563366794b53554b504835222c22686f7374223a22686f6d65222c226f776e6572223a22313244334b6f6f574a576f61715a6844616f454673684637526831627059396f68696846687a6357366436394c72324e41537571222c2273657269616c223a313736343830363430303030303030302c22697373756564223a313736343830363430302c2265787069726573223a313736343839323830307d2a40350653b6c06e088a1e5d495871e55996a7a46f2d9d1dae1d0e654aeeea6475b9b86b4113f9552d89f343a9819193334282c1ad833ac0186bd4190916e6dbc000";
+    const CLAIM_HEX: &str = "0a24080112208139770ea87d175f56a35466c34c7ecccb8d8a91b4ee37a25df60f5b8fc9b39412152f7065657275702f6e616d65732f636c61696d2f311ab9017b22726567697374726172223a22313244334b6f6f574b3939566f56784e4537587a79427758457a573778684b37477076383572394633563366794b53554b504835222c22686f7374223a22686f6d65222c226f776e6572223a22313244334b6f6f574a576f61715a6844616f454673684637526831627059396f68696846687a6357366436394c72324e41537571222c22616374696f6e223a227265676973746572222c22697373756564223a313736343830363430307d2a402b4dca38390fc20dd2681a823f9d8e64a8d3310d847b85717a064296acc719b211505f60c3e4185bb2adb82a3cfa84a593177f1e7fd8e850139312f9751c0305";
+
+    #[test]
+    fn the_documented_vectors_are_what_we_sign_and_verify() {
+        let (registrar, member) = keys();
+        let registrar_id = registrar.public().to_peer_id();
+        assert_eq!(
+            registrar_id.to_base58(),
+            "12D3KooWK99VoVxNE7XzyBwXEzW7xhK7Gpv85r9F3V3fyKSUKPH5"
+        );
+        let record = record(&registrar, &member);
+        assert_eq!(hex(&record.sign(&registrar)), RECORD_HEX);
+        let claim = Claim::new(
+            &member,
+            registrar_id,
+            &"home".parse().unwrap(),
+            Action::Register,
+            1_764_806_400,
+        );
+        assert_eq!(hex(&claim.sign(&member)), CLAIM_HEX);
+        let bytes = unhex(RECORD_HEX);
+        assert_eq!(Record::verify(&bytes, &registrar_id, "home", 1_764_806_400).unwrap(), record);
+        let (opened, signer) = Claim::open(&unhex(CLAIM_HEX)).unwrap();
+        assert_eq!((opened, signer), (claim, member.public().to_peer_id()));
+        // One bit flipped in the payload: the signature no longer holds.
+        let mut bent = bytes.clone();
+        bent[100] ^= 1;
+        assert!(Record::verify(&bent, &registrar_id, "home", 1_764_806_400).is_err());
+    }
+
+    fn unhex(text: &str) -> Vec<u8> {
+        (0..text.len())
+            .step_by(2)
+            .map(|i| u8::from_str_radix(&text[i..i + 2], 16).unwrap())
+            .collect()
+    }
+
+    pub(super) fn hex(bytes: &[u8]) -> String {
+        bytes.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
