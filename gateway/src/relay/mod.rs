@@ -77,7 +77,12 @@ pub struct RelayNode {
     registry: Option<RegistryHandle>,
     /// Names requests being answered, each with the channel its answer goes back on.
     answering: futures::stream::FuturesUnordered<Answering>,
+    /// Claims per member (each is a write to disk): [`CLAIMS_PER_MINUTE`].
+    claims: PerPeer,
 }
+
+/// Claims (register, renew, release) one member may send per minute, and as many at once.
+const CLAIMS_PER_MINUTE: u32 = 30;
 
 /// A names request in the registrar's hands.
 type Answering = futures::future::BoxFuture<
@@ -102,6 +107,19 @@ struct PerPeer {
 
 impl relay::RateLimiter for PerPeer {
     fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.admit(peer)
+    }
+}
+
+impl PerPeer {
+    fn new(per_minute: u32) -> PerPeer {
+        let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
+        let quota = governor::Quota::per_minute(per_minute);
+        PerPeer { limiter: governor::RateLimiter::keyed(quota), calls: 0 }
+    }
+
+    /// May `peer` go on now? Forgets idle peers now and then, so the map stays bounded.
+    fn admit(&mut self, peer: PeerId) -> bool {
         self.calls = self.calls.wrapping_add(1);
         if self.calls.is_multiple_of(1024) {
             self.limiter.retain_recent();
@@ -111,9 +129,7 @@ impl relay::RateLimiter for PerPeer {
 }
 
 fn per_peer(per_minute: u32) -> Box<dyn relay::RateLimiter> {
-    let per_minute = NonZeroU32::new(per_minute).unwrap_or(NonZeroU32::MIN);
-    let quota = governor::Quota::per_minute(per_minute);
-    Box::new(PerPeer { limiter: governor::RateLimiter::keyed(quota), calls: 0 })
+    Box::new(PerPeer::new(per_minute))
 }
 
 fn relay_config(limits: &RelayLimits) -> relay::Config {
@@ -187,6 +203,7 @@ impl RelayNode {
             auto_external: false,
             registry: None,
             answering: Default::default(),
+            claims: PerPeer::new(CLAIMS_PER_MINUTE),
         })
     }
 
@@ -361,6 +378,12 @@ impl RelayNode {
             Some(refuse(Refusal::NotMember, "only the relay's members may use its names"))
         } else if self.answering.len() >= MAX_ANSWERING {
             Some(refuse(Refusal::Unavailable, "the registrar is busy; try again"))
+        } else if !matches!(request, names::NamesRequest::Lookup { .. }) && !self.claims.admit(peer)
+        {
+            Some(refuse(
+                Refusal::Unavailable,
+                "too many claims from this key; try again in a minute",
+            ))
         } else {
             match (&self.registry, &request) {
                 (Some(_), _) => None,
