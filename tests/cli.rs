@@ -388,6 +388,10 @@ fn a_relay_prints_how_to_join_and_init_writes_a_config_that_joins() {
     assert!(config.contains("register_as: laptop") && config.contains(&format!("registrar: {id}")));
     let out = peerup(&member, &["config", "check"]);
     assert!(out.status.success(), "{}", stderr(&out));
+    // Without a running daemon, nobody can ask the registry: not "no such name".
+    let out = peerup(&member, &["resolve", "home.lab"]);
+    assert_eq!(out.status.code(), Some(5), "{}", stderr(&out));
+    assert!(stderr(&out).contains("no daemon runs to ask the registry"), "{}", stderr(&out));
     // An existing config is kept; the error shows what to add.
     let out = peerup(&member, &args);
     assert_eq!(out.status.code(), Some(2));

@@ -495,7 +495,25 @@ pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), F
         None => {
             let config = Config::load(&home.config()).map_err(Failure::usage)?;
             let tiers = local_tiers(home, &config).map_err(Failure::usage)?;
-            crate::control::resolve_answer(&tiers, &config.dns.suffix.0, text).await
+            let answer = crate::control::resolve_answer(&tiers, &config.dns.suffix.0, text).await;
+            // Local names cannot say "no such name" for a network with a registry: only the
+            // daemon can ask it.
+            if answer.get("no_such_name").is_some()
+                && let Some(key) = crate::control::pin_key(text, &config.dns.suffix.0)
+                && let Some((_, network)) = key.split_once('.')
+                && config
+                    .networks
+                    .iter()
+                    .any(|(n, net)| n.0.as_str() == network && net.registrar.is_some())
+            {
+                return Err(Failure::new(
+                    Exit::Unreachable,
+                    format!(
+                        "{key}: no daemon runs to ask the registry of network {network} (start it with `peerup run`)"
+                    ),
+                ));
+            }
+            answer
         }
     };
     if let Some(failure) = resolve_failure(&answer) {

@@ -157,16 +157,18 @@ impl Reload for MembersReload {
     async fn reload(&self) -> Result<String, String> {
         let members = load_keys(&self.path).map_err(|e| e.to_string())?;
         let count = members.entries().count();
+        self.access.replace(AccessLists::members(&members));
+        self.enforce().await;
         let mut summary = format!("{count} members");
+        // The reserved names, after the members: a bad config edit must not hold up a removal.
         if let Some(registry) = &self.registry {
-            let config = Config::load(&self.config).map_err(|e| e.to_string())?;
+            let config = Config::load(&self.config)
+                .map_err(|e| format!("{summary} applied, but not the config: {e}"))?;
             let rebound = registry.reserve(reserved_names(&config.relay.registry.names)).await?;
             if !rebound.is_empty() {
                 summary.push_str(&format!(", names assigned: {}", rebound.join(", ")));
             }
         }
-        self.access.replace(AccessLists::members(&members));
-        self.enforce().await;
         Ok(summary)
     }
 
