@@ -342,7 +342,8 @@ async fn ask(key: Keypair, addr: &str, request: NamesRequest) -> NamesResponse {
     tokio::time::timeout(BOUND, waiting).await.expect("the relay answers")
 }
 
-/// A relay of our own that answers every lookup with `answer` (signed record bytes).
+/// A relay of our own that answers every lookup with `answer` (signed record bytes), or with a
+/// refusal full of terminal controls when `answer` is empty.
 async fn lying_relay(
     key: Keypair,
     answer: Arc<Mutex<Vec<u8>>>,
@@ -364,11 +365,16 @@ async fn lying_relay(
             })) = swarm.select_next_some().await
             {
                 asked.fetch_add(1, Ordering::SeqCst);
-                let record = encode_bytes(&answer.lock().unwrap());
-                let _ = swarm
-                    .behaviour_mut()
-                    .names
-                    .send_response(channel, NamesResponse::Record { record });
+                let bytes = answer.lock().unwrap().clone();
+                // No record given: a refusal whose text would drive a terminal if printed raw.
+                let response = match bytes.is_empty() {
+                    true => NamesResponse::Refused {
+                        code: Refusal::Taken,
+                        message: "\u{1b}[2J\u{1b}[31mPWNED\nforged: registered fine\u{202e}".into(),
+                    },
+                    false => NamesResponse::Record { record: encode_bytes(&bytes) },
+                };
+                let _ = swarm.behaviour_mut().names.send_response(channel, response);
             }
         }
     });
@@ -478,7 +484,32 @@ async fn members_refuse_forged_misdirected_expired_and_older_records_and_the_reg
         assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     }
     assert_eq!(elsewhere_asked.load(Ordering::SeqCst), 0, "lab's lookups stayed in lab");
-    let _ = resolve(&home_c, "home.work");
+    let out = resolve(&home_c, "home.work");
     assert!(elsewhere_asked.load(Ordering::SeqCst) > 0, "work's lookups go to work's relay");
+    // What a relay says reaches the terminal escaped.
+    assert_eq!(out.status.code(), Some(5));
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        said.contains("\\u{1b}[2J") && !said.contains('\u{1b}') && !said.contains('\u{202e}'),
+        "{said}"
+    );
+    assert_eq!(said.lines().count(), 1, "one line: {said}");
+
+    // A renames itself: the old name is released, not left held.
+    drop(a);
+    home_a.write_config(&member_config(&r, &[r.addr()], Some("house"), ""));
+    let a = Daemon::start(&home_a);
+    let renamed = poll_until(BOUND, || {
+        let names = r.names();
+        let owner = |host: &str| names.iter().find(|(h, ..)| h == host).and_then(|n| n.1.clone());
+        (owner("house").as_deref() == Some(home_a.peer_id.as_str()) && owner("home").is_none())
+            .then_some(())
+    });
+    assert!(
+        renamed.is_some(),
+        "home released, house registered: {:?}\n{}",
+        r.names(),
+        a.log.text()
+    );
     drop((a, c));
 }

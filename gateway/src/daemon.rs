@@ -31,7 +31,7 @@ use crate::dns::DnsService;
 use crate::files::{self, Home};
 use crate::identity;
 use crate::names::pins::PINS_FILE;
-use crate::names::register::{keep_registered, registrations_of};
+use crate::names::register::{keep_registered, registrations_of, release_stale};
 use crate::names::tier::networks_of;
 use crate::names::{Pins, Registrations, RegistryTier};
 use crate::node::{Handle, Node, NodeOptions};
@@ -146,7 +146,8 @@ impl Daemon {
         let pins = Arc::new(Pins::load(&home.join(PINS_FILE.as_ref()))?);
         let control = ControlServer::bind(&home).await?;
         let key = keypair.clone();
-        let registrations = Registrations::default();
+        let registrations =
+            Registrations::with_file(home.join(crate::names::register::REGISTERED_FILE.as_ref()));
         let peer = keypair.public().to_peer_id();
         let access = Arc::new(Access::new(lists));
         let tunnels = Arc::new(Tunnels::default());
@@ -226,6 +227,10 @@ impl Daemon {
         let parts = Parts { home, state, control, node, node_task, stop, addrs: Some(addrs) };
         let runtime = Runtime::start(parts, reloader);
 
+        for stale in registrations.stale(&config) {
+            let (node, board, stop) = (handle.clone(), registrations.clone(), accepting.clone());
+            accept_loops.spawn(release_stale(stale, key.clone(), node, board, stop));
+        }
         for registration in registrations_of(&config) {
             let (node, board, stop) = (handle.clone(), registrations.clone(), accepting.clone());
             accept_loops.spawn(keep_registered(registration, key.clone(), node, board, stop));
@@ -335,7 +340,11 @@ struct GatewayReload {
 impl GatewayReload {
     fn remember_files(&self, config: &Config) {
         let home = &self.home;
-        let mut files = vec![home.config(), home.join(files::NAMES_FILE.as_ref())];
+        let mut files = vec![
+            home.config(),
+            home.join(files::NAMES_FILE.as_ref()),
+            self.shared.registry.pins().path().to_owned(),
+        ];
         files.push(home.join(&config.authorized_keys));
         files.extend(
             config
@@ -372,6 +381,8 @@ impl Reload for GatewayReload {
         shared.tiers.invalidate();
         shared.host.replace_services(ServiceTable::from_config(&config));
         self.enforce().await;
+        // The pins last: a bad hand edit of known_names must not hold up a revocation.
+        shared.registry.pins().reload().map_err(|e| format!("{summary} applied, but not: {e}"))?;
         Ok(summary)
     }
 

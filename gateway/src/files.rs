@@ -44,6 +44,8 @@ pub enum FileError {
     TooLarge { path: PathBuf, kind: &'static str, size: u64, limit: u64 },
     #[error("{path}: {source}", path = path.display())]
     Io { path: PathBuf, source: io::Error },
+    #[error("{path} is a symlink to nothing ({target}): fix or remove it", path = path.display(), target = target.display())]
+    Dangling { path: PathBuf, target: PathBuf },
 }
 
 /// What a file read through [`read_checked`] is, and so the rules it must meet.
@@ -89,7 +91,14 @@ pub fn read_checked(path: &Path, kind: Kind) -> Result<Vec<u8>, FileError> {
         .read(true)
         .custom_flags(libc::O_NONBLOCK | libc::O_NOCTTY)
         .open(path)
-        .map_err(|e| FileError::io(path, e))?;
+        .map_err(|e| match std::fs::read_link(path) {
+            // A symlink whose target is gone is not "no file": a file we would write next
+            // would replace the link, and what it pointed at would be silently forgotten.
+            Ok(target) if e.kind() == io::ErrorKind::NotFound => {
+                FileError::Dangling { path: path.to_owned(), target }
+            }
+            _ => FileError::io(path, e),
+        })?;
     let meta = file.metadata().map_err(|e| FileError::io(path, e))?;
     let file_type = meta.file_type();
     if !file_type.is_file() {

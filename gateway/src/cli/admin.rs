@@ -213,23 +213,29 @@ fn relay_onboarding(home: &Home, peer: PeerId) -> Result<Option<Onboarding>, Fai
     }
     let network = registry.network.to_string();
     let registrar = registry.registrar.map_or(peer, |r| r.0);
-    // Where members reach it: the running relay's public addresses, else the configured ones.
+    // Where members reach it: the configured public addresses as they are; else the running
+    // relay's bound addresses (the routable ones, if any); else the listen addresses, with a
+    // placeholder for an unspecified IP.
+    let routable = |a: &String| !a.contains("/ip4/127.") && !a.starts_with("/ip6/::1/");
     let running = State::read(home).filter(|s| s.role == "relay").map(|s| s.libp2p);
-    let mut addrs: Vec<String> = match (&config.relay.external_addresses[..], running) {
-        ([], Some(bound)) => bound,
-        ([], None) => config.relay.listen.iter().map(|a| a.0.to_string()).collect(),
+    let addrs: Vec<String> = match (&config.relay.external_addresses[..], running) {
+        ([], Some(bound)) => {
+            let public: Vec<String> = bound.iter().filter(|a| routable(a)).cloned().collect();
+            if public.is_empty() { bound } else { public }
+        }
+        ([], None) => config
+            .relay
+            .listen
+            .iter()
+            .map(|a| {
+                a.0.to_string()
+                    .replace("/ip4/0.0.0.0/", "/ip4/<public-ip>/")
+                    .replace("/ip6/::/", "/ip6/<public-ip6>/")
+            })
+            .collect(),
         (external, _) => external.iter().map(|a| a.0.to_string()).collect(),
     };
-    addrs.retain(|a| !a.contains("/ip4/127.") && !a.starts_with("/ip6/::1/"));
-    let addrs: Vec<String> = addrs
-        .iter()
-        .map(|a| {
-            let a = a
-                .replace("/ip4/0.0.0.0/", "/ip4/<public-ip>/")
-                .replace("/ip6/::/", "/ip6/<public-ip6>/");
-            format!("{a}/p2p/{peer}")
-        })
-        .collect();
+    let addrs: Vec<String> = addrs.into_iter().map(|a| format!("{a}/p2p/{peer}")).collect();
     let first =
         addrs.first().cloned().unwrap_or_else(|| format!("/ip4/<public-ip>/tcp/4101/p2p/{peer}"));
     let registrar_flag =

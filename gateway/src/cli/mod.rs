@@ -56,7 +56,8 @@ enum Command {
         #[command(flatten)]
         join: admin::Join,
     },
-    /// Print this node's peer ID (base58) and its DNS label (base36)
+    /// Print this node's peer ID (base58) and its DNS label (base36); on a relay's home, also
+    /// the line a new member runs to join and the line that admits it
     Id {
         /// Machine-readable output
         #[arg(long)]
@@ -130,7 +131,9 @@ fn not_running(home: &Home) -> Failure {
     let dir = home.dir().display();
     Failure::new(
         Exit::Unreachable,
-        format!("no daemon is running for {dir} (start it with `peerup run`)"),
+        format!(
+            "no daemon is running for {dir} (start it with `peerup run`, or `peerup relay` for a relay)"
+        ),
     )
 }
 

@@ -21,8 +21,12 @@ pub(super) enum NamesCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Free HOST now (a squatted name, a machine gone): members learn it from a tombstone
-    Release { host: String },
+    /// Free HOST now (a squatted name, a machine gone): members learn it from a tombstone, and
+    /// the key that held it may not take it again for relay.registry.grace
+    Release {
+        /// The host label, e.g. `home` for home.NETWORK.p2p
+        host: String,
+    },
 }
 
 pub(super) async fn run(home: &Home, command: NamesCommand) -> Result<(), Failure> {
@@ -32,24 +36,25 @@ pub(super) async fn run(home: &Home, command: NamesCommand) -> Result<(), Failur
             serde_json::json!({ "command": "release", "host": host.to_ascii_lowercase() })
         }
     };
-    let answer = match State::read(home) {
-        Some(state) if state.role == "relay" => {
-            match crate::control::request_value(&state.control, request).await {
-                Ok(answer) => Some(answer),
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
-                {
-                    None
-                }
-                Err(e) => {
-                    return Err(Failure::new(
-                        Exit::Unreachable,
-                        format!("the relay did not answer: {e}"),
-                    ));
-                }
+    // The running relay's socket, found without state.json (which may be gone): the store must
+    // never be edited behind a running relay's back.
+    let socket = State::read(home)
+        .map(|state| state.control)
+        .or_else(|| crate::control::socket_path(home).ok());
+    let answer = match socket {
+        Some(socket) => match crate::control::request_value(&socket, request).await {
+            Ok(answer) => Some(answer),
+            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
+                None
             }
-        }
-        _ => None,
+            Err(e) => {
+                return Err(Failure::new(
+                    Exit::Unreachable,
+                    format!("the relay did not answer: {e}"),
+                ));
+            }
+        },
+        None => None,
     };
     let answer = match answer {
         Some(answer) => answer,

@@ -5,6 +5,7 @@ use std::io::Write;
 use super::{Exit, Failure, not_running};
 use crate::daemon::State;
 use crate::files::Home;
+use crate::logging::escaped;
 use crate::node::status::NodeStatus;
 use crate::relay::RelayStatus;
 
@@ -53,7 +54,7 @@ fn gateway_text(status: &NodeStatus) -> String {
                 r.relay, r.state, r.age_secs, r.addr
             ));
             if let Some(error) = &r.error {
-                out.push_str(&format!("    why: {error}\n"));
+                out.push_str(&format!("    why: {}\n", escaped(error)));
             }
         }
     }
@@ -68,7 +69,7 @@ fn gateway_text(status: &NodeStatus) -> String {
             };
             out.push_str(&format!("  {:<24} {}{expires}\n", name.name, name.state));
             if let Some(error) = &name.error {
-                out.push_str(&format!("    why: {error}\n"));
+                out.push_str(&format!("    why: {}\n", escaped(error)));
             }
         }
     }

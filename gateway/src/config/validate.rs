@@ -144,7 +144,10 @@ impl Config {
             return Err(ConfigError::invalid(
                 path,
                 "relay.registry.lifetime",
-                "must be at least 1m (members renew at half of it)",
+                format!(
+                    "must be at least 1m (members renew at half of it) and at most {} seconds",
+                    u32::MAX
+                ),
             ));
         }
         if registry.max_names_per_key == 0 {

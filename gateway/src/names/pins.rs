@@ -10,7 +10,7 @@ use std::path::{Path, PathBuf};
 use std::sync::Mutex;
 
 use libp2p::PeerId;
-use peerup_resolver::parse_peer;
+use peerup_resolver::{Label, parse_peer};
 use tracing::warn;
 
 use crate::files::{self, FileError, Kind};
@@ -21,7 +21,8 @@ pub const MAX_PINS: usize = 65_536;
 
 const HEADER: &str = "\
 # Registry answers pinned on first use: HOST.NETWORK PEER-ID. A name that later answers with
-# another peer is refused; `peerup resolve --forget HOST.NETWORK` removes its line.
+# another peer is refused; `peerup resolve --forget HOST.NETWORK` removes its line. The running
+# daemon writes this file; an edit by hand is read within a second, like the other files.
 ";
 
 /// What the pins say of an answer.
@@ -39,6 +40,8 @@ pub enum PinsError {
     File(#[from] FileError),
     #[error("{path}:{line}: expected `HOST.NETWORK PEER-ID`", path = path.display())]
     Malformed { path: PathBuf, line: usize },
+    #[error("{path}:{line}: {name} is pinned twice", path = path.display())]
+    Twice { path: PathBuf, line: usize, name: String },
 }
 
 #[derive(Debug)]
@@ -56,6 +59,19 @@ impl Pins {
             Err(e) => return Err(e.into()),
         };
         Ok(Pins { path: path.to_owned(), pins: Mutex::new(pins) })
+    }
+
+    /// Read the file again (an edit by hand); on an error the pins stay as they were.
+    pub fn reload(&self) -> Result<usize, PinsError> {
+        let fresh = Pins::load(&self.path)?;
+        let fresh = fresh.pins.into_inner().unwrap_or_else(|e| e.into_inner());
+        let count = fresh.len();
+        *self.pins.lock().unwrap_or_else(|e| e.into_inner()) = fresh;
+        Ok(count)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
     }
 
     /// Check an answer for `name` (`host.network`), pinning it if the name is new.
@@ -110,7 +126,15 @@ fn parse(text: &str, path: &Path) -> Result<BTreeMap<String, PeerId>, PinsError>
             return Err(malformed());
         };
         let peer = parse_peer(peer).map_err(|_| malformed())?;
-        pins.insert(name.to_ascii_lowercase(), peer);
+        let (host, network) = name.split_once('.').ok_or_else(malformed)?;
+        let (host, network) = match (host.parse::<Label>(), network.parse::<Label>()) {
+            (Ok(host), Ok(network)) => (host, network),
+            _ => return Err(malformed()),
+        };
+        let name = format!("{host}.{network}");
+        if pins.insert(name.clone(), peer).is_some() {
+            return Err(PinsError::Twice { path: path.to_owned(), line: index + 1, name });
+        }
     }
     Ok(pins)
 }
@@ -134,5 +158,18 @@ mod tests {
         assert_eq!(reloaded.check("home.lab", b), Verdict::Trusted);
         std::fs::write(&path, "home.lab not-a-peer\n").unwrap();
         assert!(matches!(Pins::load(&path), Err(PinsError::Malformed { line: 1, .. })));
+        std::fs::write(&path, format!("!!! {a}\n")).unwrap();
+        assert!(matches!(Pins::load(&path), Err(PinsError::Malformed { line: 1, .. })));
+        std::fs::write(&path, format!("home.lab.p2p {a}\n")).unwrap();
+        assert!(matches!(Pins::load(&path), Err(PinsError::Malformed { line: 1, .. })));
+        std::fs::write(&path, format!("home.lab {a}\n# x\nHOME.lab {b}\n")).unwrap();
+        assert!(matches!(Pins::load(&path), Err(PinsError::Twice { line: 3, .. })));
+        // A hand edit is read by reload; a bad one leaves the pins as they were.
+        std::fs::write(&path, format!("home.lab {b}\n")).unwrap();
+        assert_eq!(reloaded.reload().unwrap(), 1);
+        assert_eq!(reloaded.check("home.lab", a), Verdict::Mismatch { pinned: b });
+        std::fs::write(&path, "garbage\n").unwrap();
+        assert!(reloaded.reload().is_err());
+        assert_eq!(reloaded.check("home.lab", a), Verdict::Mismatch { pinned: b });
     }
 }

@@ -2,6 +2,8 @@
 //! registrar, renews at half of the record's life, and retries failures with a capped backoff.
 //! Every outcome is logged once when it changes (renewals quietly) and shown by `peerup status`.
 
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -15,6 +17,8 @@ use tracing::{debug, info, warn};
 use super::protocol::{NamesRequest, NamesResponse, Refusal, decode_bytes, encode_bytes};
 use super::record::{Action, Claim, Record, unix_now};
 use crate::config::{Config, RelayAddr};
+use crate::files;
+use crate::logging::escaped;
 use crate::node::Handle;
 
 /// The first pause after a failure, doubled after each until [`MAX_BACKOFF`].
@@ -60,21 +64,132 @@ pub struct RegistrationStatus {
     pub error: Option<String>,
 }
 
-/// Every registration's latest outcome, shared with the node's status.
+/// The file in the home that remembers which name this node registered in each network
+/// (`NETWORK HOST` per line), so that a changed or removed `register_as` releases the old name
+/// instead of leaving it held.
+pub const REGISTERED_FILE: &str = "registered_names";
+
+/// Every registration's latest outcome, shared with the node's status, and the names this
+/// node holds (kept in [`REGISTERED_FILE`] when a home is given).
 #[derive(Debug, Clone, Default)]
-pub struct Registrations(Arc<Mutex<Vec<RegistrationStatus>>>);
+pub struct Registrations {
+    statuses: Arc<Mutex<Vec<RegistrationStatus>>>,
+    held: Arc<Mutex<BTreeMap<String, String>>>,
+    file: Option<PathBuf>,
+}
 
 impl Registrations {
+    /// Registrations remembered in `path` (a missing or unreadable file: none, with a warning
+    /// for the latter).
+    pub fn with_file(path: PathBuf) -> Registrations {
+        let held = match files::read_checked_text(&path, files::Kind::State) {
+            Ok(text) => text
+                .lines()
+                .filter_map(|l| l.split_once(' '))
+                .map(|(network, host)| (network.to_owned(), host.trim().to_owned()))
+                .collect(),
+            Err(e) if e.is_not_found() => BTreeMap::new(),
+            Err(error) => {
+                warn!(%error, "cannot read the names registered before: old names are not released");
+                BTreeMap::new()
+            }
+        };
+        Registrations {
+            statuses: Arc::default(),
+            held: Arc::new(Mutex::new(held)),
+            file: Some(path),
+        }
+    }
+
     pub fn snapshot(&self) -> Vec<RegistrationStatus> {
-        self.0.lock().unwrap_or_else(|e| e.into_inner()).clone()
+        self.statuses.lock().unwrap_or_else(|e| e.into_inner()).clone()
     }
 
     fn set(&self, status: RegistrationStatus) {
-        let mut all = self.0.lock().unwrap_or_else(|e| e.into_inner());
+        let mut all = self.statuses.lock().unwrap_or_else(|e| e.into_inner());
         match all.iter_mut().find(|s| s.name == status.name) {
             Some(slot) => *slot = status,
             None => all.push(status),
         }
+    }
+
+    /// The name held in `network` before this start, if any.
+    fn held_in(&self, network: &Label) -> Option<String> {
+        self.held.lock().unwrap_or_else(|e| e.into_inner()).get(network.as_str()).cloned()
+    }
+
+    /// Remember that `host` (or nothing) is held in `network`.
+    fn remember(&self, network: &Label, host: Option<&Label>) {
+        let mut held = self.held.lock().unwrap_or_else(|e| e.into_inner());
+        let before = held.get(network.as_str()).cloned();
+        match host {
+            Some(host) => held.insert(network.to_string(), host.to_string()),
+            None => held.remove(network.as_str()),
+        };
+        if before.as_deref() == host.map(Label::as_str) {
+            return;
+        }
+        let Some(path) = &self.file else { return };
+        let text: String = held.iter().map(|(n, h)| format!("{n} {h}\n")).collect();
+        if let Err(error) = files::write_atomic(path, text.as_bytes(), 0o600) {
+            warn!(%error, "cannot remember the registered names");
+        }
+    }
+
+    /// Names held before this start that the config no longer registers, in networks whose
+    /// registrar is still configured: to be released.
+    pub fn stale(&self, config: &Config) -> Vec<Registration> {
+        let held = self.held.lock().unwrap_or_else(|e| e.into_inner()).clone();
+        let wanted = registrations_of(config);
+        held.into_iter()
+            .filter_map(|(network, host)| {
+                let (name, net) = config.networks.iter().find(|(n, _)| n.0.as_str() == network)?;
+                let registrar = net.registrar?.0;
+                let relay = net.relays.iter().find(|r| r.peer == registrar)?.clone();
+                let host: Label = host.parse().ok()?;
+                let still = wanted.iter().any(|w| w.network == name.0 && w.host == host);
+                (!still).then(|| Registration { network: name.0.clone(), host, registrar: relay })
+            })
+            .collect()
+    }
+}
+
+/// Release a name this node no longer registers, retrying while the registrar is unreachable.
+pub async fn release_stale(
+    registration: Registration,
+    key: Keypair,
+    node: Handle,
+    board: Registrations,
+    stop: CancellationToken,
+) {
+    let Registration { network, host, registrar } = &registration;
+    let name = format!("{host}.{network}");
+    let mut backoff = FIRST_BACKOFF;
+    loop {
+        let claim = Claim::new(&key, registrar.peer, host, Action::Release, unix_now()).sign(&key);
+        let request = NamesRequest::Release { claim: encode_bytes(&claim) };
+        let asked = node.names(registrar.peer, vec![registrar.full()], request);
+        match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT * 2, asked).await {
+            Ok(Ok(NamesResponse::Record { .. })) => {
+                info!(name, "released the name this node registered before (register_as changed)");
+                break;
+            }
+            Ok(Ok(NamesResponse::Refused { message, .. })) => {
+                info!(name, why = message, "the name registered before is not ours any more");
+                break;
+            }
+            Ok(Ok(NamesResponse::NotFound)) => break,
+            Ok(Err(error)) => debug!(name, %error, "cannot release the old name yet"),
+            Err(_) => debug!(name, "cannot release the old name yet: no answer"),
+        }
+        let pause = next_backoff(&mut backoff);
+        tokio::select! {
+            () = stop.cancelled() => return,
+            () = tokio::time::sleep(pause) => {}
+        }
+    }
+    if board.held_in(network).as_deref() == Some(host.as_str()) {
+        board.remember(network, None);
     }
 }
 
@@ -110,6 +225,7 @@ pub async fn keep_registered(
         let pause = match outcome {
             Outcome::Registered(record) => {
                 backoff = FIRST_BACKOFF;
+                board.remember(network, Some(host));
                 let said = "registered".to_owned();
                 if last_said.as_ref() != Some(&said) {
                     info!(name, registrar = %registrar.peer, expires = record.expires, serial = record.serial, "name registered");
@@ -139,9 +255,14 @@ pub async fn keep_registered(
                         "{} is not this network's registrar: check networks.{network}.registrar",
                         registrar.peer
                     ),
-                    _ => message.clone(),
+                    Refusal::TooMany => "names this key no longer uses lapse after their record's life, or the registrar's operator frees them (`peerup relay names release HOST`)".to_owned(),
+                    _ => String::new(),
                 };
-                let said = format!("refused: {message}; {hint}");
+                let told = match hint.is_empty() {
+                    true => message.clone(),
+                    false => format!("{message}; {hint}"),
+                };
+                let said = format!("refused: {told}");
                 if last_said.as_ref() != Some(&said) {
                     warn!(name, why = message, hint, retry_in = ?backoff, "registration refused");
                 }
@@ -151,7 +272,7 @@ pub async fn keep_registered(
                     state: "refused".into(),
                     serial: None,
                     expires: None,
-                    error: Some(format!("{message}; {hint}")),
+                    error: Some(told),
                 });
                 next_backoff(&mut backoff)
             }
@@ -217,7 +338,7 @@ async fn attempt(
             let verified =
                 decode_bytes(&record).ok_or_else(|| "not base64".to_owned()).and_then(|bytes| {
                     Record::verify(&bytes, &registrar.peer, host.as_str(), unix_now())
-                        .map_err(|e| e.to_string())
+                        .map_err(|e| escaped(&e.to_string()))
                 });
             match verified {
                 Ok(record) if record.owner_peer() == Some(me) => Outcome::Registered(record),
@@ -227,7 +348,8 @@ async fn attempt(
                 Err(why) => Outcome::Failed(format!("the registrar's record {why}")),
             }
         }
-        NamesResponse::Refused { code, message } => Outcome::Refused(code, message),
+        // The relay's words, escaped: they end up in `peerup status` on a terminal.
+        NamesResponse::Refused { code, message } => Outcome::Refused(code, escaped(&message)),
         NamesResponse::NotFound => Outcome::Failed("the registrar answered not found".into()),
     }
 }

@@ -56,6 +56,27 @@ struct Entry {
     /// The claim that the record answered, if a member's (base64).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     claim: Option<String>,
+    /// The key that released the name itself: the tombstone counts against its cap while it
+    /// lives, so releasing and registering again cannot fill the store.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    released_by: Option<String>,
+    /// The key the operator released the name from: it may not take it again until
+    /// `barred_until` (the grace period), so freeing a squatted name sticks.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    barred: Option<String>,
+    #[serde(default)]
+    barred_until: u64,
+}
+
+impl Entry {
+    /// A tombstone that has expired, whose name nobody holds or is barred from: every record
+    /// issued for it has expired too, so there is nothing left to replay and nothing to keep.
+    fn forgettable(&self, now: u64) -> bool {
+        self.record.owner.is_none()
+            && now > self.record.expires
+            && (self.holder.is_none() || now > self.held_until)
+            && (self.barred.is_none() || now > self.barred_until)
+    }
 }
 
 #[derive(Debug, Clone, Default, Serialize, Deserialize)]
@@ -128,7 +149,7 @@ impl Registry {
     /// A member's claim: register (or renew) or release a name for the key that sent it.
     pub fn claim(&mut self, bytes: &[u8], from: PeerId, now: u64) -> Result<Vec<u8>, Refused> {
         let bad = |why: String| (Refusal::BadClaim, why);
-        let (claim, signer) = Claim::open(bytes).map_err(|e| bad(format!("the claim {e}")))?;
+        let (claim, signer) = Claim::open(bytes).map_err(|e| bad(format!("the claim: {e}")))?;
         if signer != from {
             return Err(bad(format!("the claim is signed by {signer}, not by the sender")));
         }
@@ -169,20 +190,29 @@ impl Registry {
         {
             return Err((Refusal::Taken, format!("{host} is held by another key")));
         }
-        let held = self
-            .saved
-            .names
-            .iter()
-            .filter(|(name, e)| {
-                name.as_str() != host
-                    && e.holder.as_deref() == Some(owner_text.as_str())
-                    && now <= e.held_until
-            })
-            .count();
+        if let Some(entry) = self.saved.names.get(host)
+            && entry.barred.as_deref() == Some(owner_text.as_str())
+            && now <= entry.barred_until
+        {
+            return Err((
+                Refusal::Taken,
+                format!("{host} was taken from this key by the registrar's operator"),
+            ));
+        }
+        let mine = |e: &Entry| {
+            (e.holder.as_deref() == Some(owner_text.as_str()) && now <= e.held_until)
+                || (e.released_by.as_deref() == Some(owner_text.as_str())
+                    && now <= e.record.expires)
+        };
+        let held =
+            self.saved.names.iter().filter(|(name, e)| name.as_str() != host && mine(e)).count();
         if held >= self.policy.max_per_key {
             return Err((
                 Refusal::TooMany,
-                format!("this key already holds {held} names (relay.registry.max_names_per_key)"),
+                format!(
+                    "this key already holds {held} names, counting those it released in the last {} s (relay.registry.max_names_per_key)",
+                    self.policy.lifetime_secs
+                ),
             ));
         }
         self.issue(host, Some(owner), None, Some(claim), now)
@@ -193,15 +223,33 @@ impl Registry {
         if holds.as_deref() != Some(from.to_base58().as_str()) {
             return Err((Refusal::Taken, format!("{host} is not held by this key")));
         }
-        self.issue(host, None, Some("released"), None, now)
+        let (mut next, signed) = self.prepare(host, None, Some("released"), None, now)?;
+        if let Some(entry) = next.names.get_mut(host) {
+            entry.released_by = Some(from.to_base58());
+        }
+        self.commit(next, now)?;
+        Ok(signed)
     }
 
-    /// The operator frees a name (`peerup relay names release HOST`): a tombstone.
+    /// The operator frees a name (`peerup relay names release HOST`): a tombstone, and the key
+    /// that held it may not take it again for the grace period.
     pub fn release(&mut self, host: &str, now: u64) -> Result<Record, Refused> {
-        if !self.saved.names.contains_key(host) {
-            return Err((Refusal::BadHost, format!("no name {host} in the registry")));
+        let Some(entry) = self.saved.names.get(host) else {
+            return Err((Refusal::BadHost, format!("no name {host:?} in the registry")));
+        };
+        if self.policy.reserved.contains_key(host) {
+            return Err((
+                Refusal::BadHost,
+                format!("{host} is assigned in relay.registry.names: edit or remove it there"),
+            ));
         }
-        self.issue(host, None, Some("released"), None, now)?;
+        let barred = entry.holder.clone().filter(|_| now <= entry.held_until);
+        let (mut next, _) = self.prepare(host, None, Some("released"), None, now)?;
+        if let Some(entry) = next.names.get_mut(host) {
+            entry.barred_until = now.saturating_add(self.policy.grace_secs);
+            entry.barred = barred;
+        }
+        self.commit(next, now)?;
         self.record(host).ok_or((Refusal::Unavailable, "not stored".into()))
     }
 
@@ -221,14 +269,12 @@ impl Registry {
         if entry.record.owner.is_some() {
             return self.issue(&host, None, Some("lapsed"), None, now).map(Some);
         }
-        if entry.holder.is_some() && now <= entry.held_until {
+        if !entry.forgettable(now) {
             let why = entry.record.why.clone().unwrap_or_else(|| "lapsed".into());
             return self.issue(&host, None, Some(&why), None, now).map(Some);
         }
         // Every record ever issued for it has expired: nothing to replay, nothing to keep.
-        let mut next = self.saved.clone();
-        next.names.remove(&host);
-        self.commit(next)?;
+        self.commit(self.saved.clone(), now)?;
         Ok(None)
     }
 
@@ -299,14 +345,31 @@ impl Registry {
         claim: Option<String>,
         now: u64,
     ) -> Result<Vec<u8>, Refused> {
+        let (next, signed) = self.prepare(host, owner, why, claim, now)?;
+        self.commit(next, now)?;
+        Ok(signed)
+    }
+
+    /// The state after a new record for `host`, and the record's signed bytes.
+    fn prepare(
+        &self,
+        host: &str,
+        owner: Option<PeerId>,
+        why: Option<&str>,
+        claim: Option<String>,
+        now: u64,
+    ) -> Result<(Saved, Vec<u8>), Refused> {
         let mut next = self.saved.clone();
+        next.names.retain(|_, e| !e.forgettable(now));
         if !next.names.contains_key(host) && next.names.len() >= MAX_NAMES {
             return Err((
                 Refusal::Unavailable,
                 format!("the registry is full ({MAX_NAMES} names)"),
             ));
         }
-        let serial = (next.last_serial + 1).max(unix_micros());
+        let Some(serial) = next.last_serial.checked_add(1).map(|s| s.max(unix_micros())) else {
+            return Err((Refusal::Unavailable, "the registry's serials are exhausted".into()));
+        };
         next.last_serial = serial;
         let record = Record {
             registrar: self.id.to_base58(),
@@ -327,20 +390,29 @@ impl Registry {
             (None, Some("released")) => (None, 0),
             (None, _) => previous.map_or((None, 0), |p| (p.holder.clone(), p.held_until)),
         };
+        // A lapse keeps who released it and who is barred; a new owner starts afresh.
+        let (released_by, barred, barred_until) = match (owner, previous) {
+            (None, Some(p)) => (p.released_by.clone(), p.barred.clone(), p.barred_until),
+            _ => (None, None, 0),
+        };
         let entry = Entry {
             record,
             signed: super::protocol::encode_bytes(&signed),
             holder,
             held_until,
             claim,
+            released_by,
+            barred,
+            barred_until,
         };
         next.names.insert(host.to_owned(), entry);
-        self.commit(next)?;
-        Ok(signed)
+        Ok((next, signed))
     }
 
-    /// Write `next` to disk, then make it the state; a failed write changes nothing.
-    fn commit(&mut self, next: Saved) -> Result<(), Refused> {
+    /// Write `next` (without the tombstones there is no reason to keep) to disk, then make it
+    /// the state; a failed write changes nothing.
+    fn commit(&mut self, mut next: Saved, now: u64) -> Result<(), Refused> {
+        next.names.retain(|_, e| !e.forgettable(now));
         let bytes = serde_json::to_vec_pretty(&next)
             .map_err(|e| (Refusal::Unavailable, format!("encoding the store: {e}")))?;
         files::write_atomic(&self.path, &bytes, 0o600).map_err(|e| {
@@ -511,5 +583,62 @@ mod tests {
         assert_eq!(register(&mut r, &a, "home", 120).unwrap_err().0, Refusal::Taken);
         assert!(register(&mut r, &b, "home", 120).is_ok());
         assert!(r.apply_reservations([("home".to_owned(), b_id)].into(), 130).unwrap().is_empty());
+    }
+
+    #[test]
+    fn releasing_and_registering_again_cannot_fill_the_store() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = registry(dir.path());
+        let a = Keypair::generate_ed25519();
+        let me = a.public().to_peer_id();
+        for (i, host) in ["one", "two"].iter().enumerate() {
+            let now = 100 + i as u64;
+            register(&mut r, &a, host, now).unwrap();
+            let release = claim(&a, &r, host, Action::Release, now);
+            r.claim(&release, me, now).unwrap();
+        }
+        // The two tombstones count against the cap (2) while they live...
+        assert_eq!(register(&mut r, &a, "three", 110).unwrap_err().0, Refusal::TooMany);
+        // ...and once they expired they are forgotten at the next decision.
+        let later = 110 + LIFE + 1;
+        register(&mut r, &a, "three", later).unwrap();
+        assert_eq!(r.len(), 1, "expired tombstones of free names are not kept");
+    }
+
+    #[test]
+    fn the_operators_release_frees_a_name_from_its_holder_for_the_grace_period() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut r = registry(dir.path());
+        let (squatter, owner) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
+        register(&mut r, &squatter, "home", 100).unwrap();
+        let tomb = r.release("home", 110).unwrap();
+        assert!(tomb.owner.is_none());
+        let again = register(&mut r, &squatter, "home", 120).unwrap_err();
+        assert_eq!(again.0, Refusal::Taken, "{}", again.1);
+        assert!(register(&mut r, &owner, "home", 130).is_ok());
+        assert_eq!(r.release("nosuch", 140).unwrap_err().0, Refusal::BadHost);
+        r.apply_reservations([("nas".to_owned(), owner.public().to_peer_id())].into(), 150)
+            .unwrap();
+        assert!(r.release("nas", 160).unwrap_err().1.contains("relay.registry.names"));
+    }
+
+    #[test]
+    fn exhausted_serials_are_refused_not_wrapped() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        std::fs::write(&path, format!("{{\"last_serial\":{},\"names\":{{}}}}", u64::MAX)).unwrap();
+        let mut r = Registry::open(&path, Keypair::generate_ed25519(), policy()).unwrap();
+        let a = Keypair::generate_ed25519();
+        assert_eq!(register(&mut r, &a, "home", 100).unwrap_err().0, Refusal::Unavailable);
+    }
+
+    #[test]
+    fn a_store_that_is_a_dangling_symlink_is_refused_not_emptied() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join(STORE_FILE);
+        std::os::unix::fs::symlink(dir.path().join("gone/names.json"), &path).unwrap();
+        let opened = Registry::open(&path, Keypair::generate_ed25519(), policy());
+        let error = opened.unwrap_err().to_string();
+        assert!(error.contains("symlink to nothing"), "{error}");
     }
 }

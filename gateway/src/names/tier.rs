@@ -22,6 +22,7 @@ use super::pins::{Pins, Verdict};
 use super::protocol::{NamesRequest, NamesResponse, decode_bytes};
 use super::record::{Record, shaped_like_a_peer, unix_now};
 use crate::config::{Config, RelayAddr};
+use crate::logging::escaped;
 use crate::node::Handle;
 use crate::node::swarm::one_per_relay;
 
@@ -101,14 +102,15 @@ impl RegistryTier {
         match answer {
             NamesResponse::NotFound => Heard::Nothing,
             NamesResponse::Refused { message, .. } => {
-                Heard::Failed(format!("relay {} refused: {message}", relay.peer))
+                // The relay's words, escaped: they reach `peerup resolve` on a terminal.
+                Heard::Failed(format!("relay {} refused: {}", relay.peer, escaped(&message)))
             }
             NamesResponse::Record { record } => {
                 let verified = decode_bytes(&record)
                     .ok_or_else(|| "not base64".to_owned())
                     .and_then(|bytes| {
                         Record::verify(&bytes, registrar, host, unix_now())
-                            .map_err(|e| e.to_string())
+                            .map_err(|e| escaped(&e.to_string()))
                     });
                 match verified {
                     Ok(record) => Heard::Record(record),

@@ -314,8 +314,9 @@ impl RelayNode {
                     self.reservations.entry(src_peer_id).or_insert_with(SystemTime::now);
                 }
                 R::ReservationClosed { src_peer_id } | R::ReservationTimedOut { src_peer_id } => {
-                    info!(peer = %src_peer_id, "reservation ended");
-                    self.reservations.remove(&src_peer_id);
+                    if self.reservations.remove(&src_peer_id).is_some() {
+                        info!(peer = %src_peer_id, "reservation ended");
+                    }
                 }
                 R::ReservationReqDenied { src_peer_id, status, .. } => {
                     info!(peer = %src_peer_id, ?status, "reservation denied");
