@@ -176,7 +176,21 @@ async fn a_registered_name_resolves_on_every_member_survives_a_registrar_restart
     assert!(line.is_some_and(|l| l.contains("home.lab")), "A logs its registration");
 
     // B asks for the same name: taken, with a line that says so.
-    home_b.write_config(&member_config(&r, &relays, Some("home"), ""));
+    // B also lists a second relay of the network, one that holds no names.
+    let other = Home::init();
+    let other_port = free_port();
+    std::fs::write(
+        other.file("config.yaml"),
+        format!(
+            "relay:\n  listen: [/ip4/127.0.0.1/tcp/{other_port}]\n  external_addresses: [/ip4/127.0.0.1/tcp/{other_port}]\n  registry: {{ registrar: {}, network: lab }}\n",
+            r.home.peer_id
+        ),
+    )
+    .unwrap();
+    other.write_private("relay_authorized_keys", &format!("{}\n", home_b.peer_id));
+    let _other_relay = Daemon::spawn(Command::new(support::BIN), other.path(), "relay");
+    let other_addr = format!("/ip4/127.0.0.1/tcp/{other_port}/p2p/{}", other.peer_id);
+    home_b.write_config(&member_config(&r, &[r.addr(), other_addr], Some("home"), ""));
     let b = Daemon::start(&home_b);
     let error = wait_registration(&home_b, "refused", &b.log);
     assert!(error.contains("another key"), "B is told why: {error}");
@@ -258,6 +272,11 @@ async fn a_registered_name_resolves_on_every_member_survives_a_registrar_restart
     let before = r.names();
     relay.signal("KILL");
     let _ = relay.wait();
+    // While the registrar is down, the other relay cannot say the name does not exist: the
+    // name is unanswerable (exit 5, SERVFAIL), not unknown.
+    let out = resolve(&home_b, "home.lab.p2p");
+    assert_eq!(out.status.code(), Some(5), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(dig(b.dns(), "home.lab.p2p", "A").0, "SERVFAIL");
     relay = r.start();
     assert_eq!(r.names(), before, "the store survived kill -9");
     let (peer, took) = poll_until(BOUND, || {

@@ -210,7 +210,7 @@ async fn serve(
                 Some(list) => serde_json::json!({ "names": list }),
                 None => shutting_down(),
             },
-            None => serde_json::json!({ "error": "this relay is not its network's registrar" }),
+            None => serde_json::json!({ "error": not_registrar(server) }),
         },
         Some("release") => {
             let host = request.get("host").and_then(|n| n.as_str()).unwrap_or_default();
@@ -219,7 +219,7 @@ async fn serve(
                     Ok(done) => serde_json::json!({ "released": done }),
                     Err(error) => serde_json::json!({ "error": error }),
                 },
-                None => serde_json::json!({ "error": "this relay is not its network's registrar" }),
+                None => serde_json::json!({ "error": not_registrar(server) }),
             }
         }
         _ => serde_json::json!({
@@ -262,6 +262,14 @@ pub(crate) async fn resolve_answer(
             serde_json::json!({ "refused": error.to_string() })
         }
         Err(error) => serde_json::json!({ "error": error.to_string() }),
+    }
+}
+
+/// Why this daemon has no registry to show.
+fn not_registrar(server: &ControlServer) -> &'static str {
+    match server.names {
+        Some(_) => "this home runs a gateway (`peerup run`), not a relay",
+        None => "this relay is not its network's registrar (relay.registry.registrar: self)",
     }
 }
 

@@ -67,7 +67,7 @@ pub(super) struct Join {
     /// The network's relay, a multiaddr ending in /p2p/<relay-peer-id> (repeat for several)
     #[arg(long, value_name = "ADDR", requires = "network")]
     relay: Vec<String>,
-    /// The network's registrar [default: the first relay's peer ID]
+    /// The network's registrar, one of the --relay peers [default: the first relay's peer ID]
     #[arg(long, value_name = "PEER-ID", requires = "network")]
     registrar: Option<String>,
     /// Register this machine as HOST in the network (HOST.NETWORK.p2p)
@@ -103,7 +103,7 @@ impl Join {
             yaml.push_str(&format!("    register_as: {host}\n"));
         }
         // The same checks `peerup run` makes (the registrar among the relays, ...).
-        Config::parse(&yaml, Path::new("(the --network flags)")).map_err(Failure::usage)?;
+        Config::parse(&yaml, Path::new("peerup init")).map_err(Failure::usage)?;
         Ok(Some(yaml))
     }
 }
@@ -118,8 +118,9 @@ pub(super) fn init(home: &Home, join: &Join) -> Result<(), Failure> {
     if let Some(networks) = &networks
         && home.config().exists()
     {
+        let entry: String = networks.lines().skip(1).map(|l| format!("{l}\n")).collect();
         return Err(Failure::usage(format!(
-            "{} exists and is kept; to join the network, add to it:\n{networks}",
+            "{} exists and is kept; to join the network, put this under `networks:` in it (in place of `networks: {{}}` if that is there):\n{entry}",
             home.config().display()
         )));
     }
@@ -180,14 +181,21 @@ pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
     } else {
         let _ = writeln!(out, "{peer}\n{}", peer_label(&peer));
         match &onboarding {
-            Some(on) => writeln!(
-                out,
-                "\nThis home runs a relay{}. A new member joins with:\n  {}\nor, in an existing config.yaml:\n{}Then admit it here:\n  {}",
-                on.role,
-                on.init,
-                on.config.lines().map(|l| format!("  {l}\n")).collect::<String>(),
-                on.admit
-            ),
+            Some(on) => {
+                let join = match &on.init {
+                    Some(init) => format!(
+                        "A new member joins with:\n  {init}\nor, in an existing config.yaml (under networks:):\n"
+                    ),
+                    None => "In a member's config.yaml (under networks:):\n".to_owned(),
+                };
+                writeln!(
+                    out,
+                    "\nThis home runs a relay{}. {join}{}Then admit it here:\n  {}",
+                    on.role,
+                    on.config.lines().skip(1).map(|l| format!("{l}\n")).collect::<String>(),
+                    on.admit
+                )
+            }
             None => Ok(()),
         }
     };
@@ -197,7 +205,7 @@ pub(super) fn id(home: &Home, json: bool) -> Result<(), Failure> {
 /// What a relay's operator hands a new member.
 struct Onboarding {
     role: String,
-    init: String,
+    init: Option<String>,
     config: String,
     admit: String,
 }
@@ -212,7 +220,7 @@ fn relay_onboarding(home: &Home, peer: PeerId) -> Result<Option<Onboarding>, Fai
         return Ok(None);
     }
     let network = registry.network.to_string();
-    let registrar = registry.registrar.map_or(peer, |r| r.0);
+    let registrar = registry.registrar.map(|r| r.peer(peer));
     // Where members reach it: the configured public addresses as they are; else the running
     // relay's bound addresses (the routable ones, if any); else the listen addresses, with a
     // placeholder for an unspecified IP.
@@ -238,22 +246,31 @@ fn relay_onboarding(home: &Home, peer: PeerId) -> Result<Option<Onboarding>, Fai
     let addrs: Vec<String> = addrs.into_iter().map(|a| format!("{a}/p2p/{peer}")).collect();
     let first =
         addrs.first().cloned().unwrap_or_else(|| format!("/ip4/<public-ip>/tcp/4101/p2p/{peer}"));
-    let registrar_flag =
-        if registrar == peer { String::new() } else { format!(" --registrar {registrar}") };
     let mut yaml = format!("networks:\n  {network}:\n    relays:\n");
     for addr in &addrs {
         yaml.push_str(&format!("      - {addr}\n"));
     }
-    yaml.push_str(&format!("    registrar: {registrar}\n    register_as: HOST\n"));
-    let role = match registry.registrar {
-        Some(r) if r.0 == peer => format!(" and is the registrar of network {network}"),
-        _ => String::new(),
+    let (role, init) = match registrar {
+        Some(registrar) if registrar == peer => {
+            yaml.push_str(&format!("    registrar: {registrar}\n    register_as: HOST\n"));
+            let relays: String = addrs.iter().map(|a| format!(" --relay {a}")).collect();
+            let relays = if relays.is_empty() { format!(" --relay {first}") } else { relays };
+            let init = format!("peerup init --network {network}{relays} --name HOST");
+            (format!(" and is the registrar of network {network}"), Some(init))
+        }
+        // Members join with the registrar's lines and list this relay too.
+        Some(registrar) => (
+            format!(
+                " of network {network}, whose registrar is {registrar}: a member joins with the lines `peerup id` prints on the registrar, and lists this relay as well"
+            ),
+            None,
+        ),
+        // No registry: names in this network are the members' local names only.
+        None => (String::new(), None),
     };
     Ok(Some(Onboarding {
         role,
-        init: format!(
-            "peerup init --network {network} --relay {first}{registrar_flag} --name HOST"
-        ),
+        init,
         config: yaml,
         admit: "peerup auth add <member-peer-id> --relay".into(),
     }))
@@ -293,9 +310,16 @@ fn keys_file(
     }
 }
 
-fn read_keys(path: &Path) -> Result<AuthorizedKeys, Failure> {
+const RELAY_MEMBERS_HEADER: &str = "\
+# The relay's members: one per line, `<peer-id> [expires=YYYY-MM-DD] [# comment]`.
+# Edit with `peerup auth add|remove PEER --relay`; see `peerup auth --help`.
+";
+
+/// The list at `path`, or a new one (with the header for the relay's members when `relay`).
+fn read_keys(path: &Path, relay: bool) -> Result<AuthorizedKeys, Failure> {
     if !path.exists() {
-        return AuthorizedKeys::parse(AUTHORIZED_KEYS_HEADER, path).map_err(Failure::usage);
+        let header = if relay { RELAY_MEMBERS_HEADER } else { AUTHORIZED_KEYS_HEADER };
+        return AuthorizedKeys::parse(header, path).map_err(Failure::usage);
     }
     load_keys(path).map_err(Failure::usage)
 }
@@ -325,7 +349,7 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
                 )));
             }
             let (path, note) = keys_file(home, service.as_deref(), relay)?;
-            let mut keys = read_keys(&path)?;
+            let mut keys = read_keys(&path, relay)?;
             let new = keys.upsert(Entry { peer, expires, comment });
             write(&path, &keys)?;
             let verb = if new { "added" } else { "updated" };
@@ -338,7 +362,7 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
         AuthCommand::Remove { peer, service, relay } => {
             let peer = peer_arg(&peer)?;
             let (path, _) = keys_file(home, service.as_deref(), relay)?;
-            let mut keys = read_keys(&path)?;
+            let mut keys = read_keys(&path, relay)?;
             if !keys.remove(&peer) {
                 return Err(Failure::usage(format!("{peer} is not in {}", path.display())));
             }
@@ -349,7 +373,7 @@ pub(super) fn auth(home: &Home, command: AuthCommand) -> Result<(), Failure> {
         AuthCommand::List { service, relay } => {
             let (path, _) = keys_file(home, service.as_deref(), relay)?;
             let now = time::OffsetDateTime::now_utc();
-            for entry in read_keys(&path)?.entries() {
+            for entry in read_keys(&path, relay)?.entries() {
                 let mut line = entry.peer.to_base58();
                 if let Some(expiry) = entry.expires {
                     let state = if entry.allows_at(now) { "" } else { " (expired)" };

@@ -105,9 +105,9 @@ fn offline(home: &Home, command: &NamesCommand) -> Result<serde_json::Value, Fai
     let key = crate::identity::load(&home.identity()).map_err(Failure::usage)?;
     let me = key.public().to_peer_id();
     let settings = &config.relay.registry;
-    if settings.registrar.map(|r| r.0) != Some(me) {
+    if settings.registrar.map(|r| r.peer(me)) != Some(me) {
         return Err(Failure::usage(format!(
-            "this home is not a registrar: set relay.registry.registrar to its own peer ID ({me}) in {}",
+            "this home is not a registrar: set relay.registry.registrar to `self` (or its peer ID, {me}) in {}",
             home.config().display()
         )));
     }

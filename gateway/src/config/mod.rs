@@ -21,8 +21,8 @@ pub use sections::{
 };
 use sections::{default_authorized_keys, default_listen};
 pub use types::{
-    Addr, DnsPool, Dur, HostLabel, HostPort, NameKey, NameValue, NetworkName, PeerKey, RelayAddr,
-    ServiceName, Suffix,
+    Addr, DnsPool, Dur, HostLabel, HostPort, NameKey, NameValue, NetworkName, PeerKey,
+    RegistrarKey, RelayAddr, ServiceName, Suffix,
 };
 use unique::unique_map;
 

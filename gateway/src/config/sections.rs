@@ -8,7 +8,7 @@ use serde::Deserialize;
 
 use std::collections::BTreeMap;
 
-use super::{Addr, DnsPool, Dur, HostLabel, HostPort, PeerKey, RelayAddr, Suffix};
+use super::{Addr, DnsPool, Dur, HostLabel, HostPort, PeerKey, RegistrarKey, RelayAddr, Suffix};
 
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -29,9 +29,9 @@ pub struct Network {
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct Registry {
-    /// The network's registrar; this relay's own peer ID makes it the registrar.
+    /// The network's registrar: `self` (or this relay's own peer ID) makes it the registrar.
     #[serde(default)]
-    pub registrar: Option<PeerKey>,
+    pub registrar: Option<RegistrarKey>,
     /// The network's name that `peerup id` suggests to members.
     #[serde(default = "default_network_name")]
     pub network: HostLabel,

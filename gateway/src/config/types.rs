@@ -60,6 +60,36 @@ impl FromStr for PeerKey {
 }
 from_str_deserialize!(PeerKey);
 
+/// `relay.registry.registrar`: `self` (this relay signs the names) or a peer ID.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum RegistrarKey {
+    Me,
+    Peer(libp2p::PeerId),
+}
+
+impl RegistrarKey {
+    /// The registrar's peer ID, given this relay's own.
+    pub fn peer(self, me: libp2p::PeerId) -> libp2p::PeerId {
+        match self {
+            RegistrarKey::Me => me,
+            RegistrarKey::Peer(peer) => peer,
+        }
+    }
+}
+
+impl FromStr for RegistrarKey {
+    type Err = String;
+    fn from_str(text: &str) -> Result<Self, String> {
+        if text == "self" {
+            return Ok(RegistrarKey::Me);
+        }
+        peerup_resolver::parse_peer(text)
+            .map(RegistrarKey::Peer)
+            .map_err(|e| format!("{text:?} is neither `self` nor a peer ID: {e}"))
+    }
+}
+from_str_deserialize!(RegistrarKey);
+
 /// A host label a registry gives out: a DNS label that does not read as a peer ID or label.
 #[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct HostLabel(pub Label);

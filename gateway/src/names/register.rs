@@ -222,6 +222,7 @@ pub async fn keep_registered(
     let mut last_said: Option<String> = None;
     loop {
         let outcome = attempt(&key, me, host, registrar, &node).await;
+        let registered = matches!(outcome, Outcome::Registered(_));
         let pause = match outcome {
             Outcome::Registered(record) => {
                 backoff = FIRST_BACKOFF;
@@ -246,7 +247,7 @@ pub async fn keep_registered(
             Outcome::Refused(code, message) => {
                 let hint = match code {
                     Refusal::Taken => format!(
-                        "{name} belongs to another key: choose another networks.{network}.register_as, or ask the registrar's operator (`peerup relay names list`)"
+                        "choose another networks.{network}.register_as, or ask the registrar's operator (`peerup relay names list`; they can assign {host} to this key in relay.registry.names)"
                     ),
                     Refusal::NotMember => format!(
                         "not a member of the registrar (on the relay: peerup auth add {me} --relay)"
@@ -305,10 +306,45 @@ pub async fn keep_registered(
                 next_backoff(&mut backoff)
             }
         };
-        tokio::select! {
-            () = stop.cancelled() => return,
-            () = tokio::time::sleep(pause) => {}
+        let renew_at = tokio::time::Instant::now() + pause;
+        loop {
+            // While registered, look now and then whether the name is still ours (the operator
+            // may have released or rebound it): `status` then says so within a minute.
+            let wake = match registered {
+                true => renew_at.min(tokio::time::Instant::now() + CHECK_EVERY),
+                false => renew_at,
+            };
+            tokio::select! {
+                () = stop.cancelled() => return,
+                () = tokio::time::sleep_until(wake) => {}
+            }
+            if wake >= renew_at {
+                break;
+            }
+            if !still_ours(me, host, registrar, &node).await {
+                warn!(name, "the registrar no longer gives this name to this node; asking again");
+                break;
+            }
         }
+    }
+}
+
+/// How often a registered name is checked between renewals.
+const CHECK_EVERY: Duration = Duration::from_secs(60);
+
+/// Does the registrar still give `host` to `me`? An answer that cannot be had says yes (the
+/// renewal will tell).
+async fn still_ours(me: PeerId, host: &Label, registrar: &RelayAddr, node: &Handle) -> bool {
+    let request = NamesRequest::Lookup { host: host.to_string() };
+    let asked = node.names(registrar.peer, vec![registrar.full()], request);
+    match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT, asked).await {
+        Ok(Ok(NamesResponse::Record { record })) => decode_bytes(&record)
+            .and_then(|bytes| {
+                Record::verify(&bytes, &registrar.peer, host.as_str(), unix_now()).ok()
+            })
+            .is_none_or(|record| record.owner_peer() == Some(me)),
+        Ok(Ok(NamesResponse::NotFound)) => false,
+        _ => true,
     }
 }
 
@@ -359,30 +395,68 @@ mod tests {
     use super::*;
     use crate::node::Command;
 
+    /// `keep_registered` for `home.lab` running against a registrar played by the test: the
+    /// node's command channel, the registrar's key, our peer ID, the status board.
+    struct Fixture {
+        commands: tokio::sync::mpsc::Receiver<Command>,
+        registrar_key: Keypair,
+        me: PeerId,
+        board: Registrations,
+        stop: CancellationToken,
+        task: tokio::task::JoinHandle<()>,
+    }
+
+    impl Fixture {
+        fn start() -> Fixture {
+            let (node, commands) = Handle::new();
+            let registrar_key = Keypair::generate_ed25519();
+            let registrar = RelayAddr {
+                addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
+                peer: registrar_key.public().to_peer_id(),
+            };
+            let registration = Registration {
+                network: "lab".parse().unwrap(),
+                host: "home".parse().unwrap(),
+                registrar,
+            };
+            let key = Keypair::generate_ed25519();
+            let me = key.public().to_peer_id();
+            let (board, stop) = (Registrations::default(), CancellationToken::new());
+            let task =
+                tokio::spawn(keep_registered(registration, key, node, board.clone(), stop.clone()));
+            Fixture { commands, registrar_key, me, board, stop, task }
+        }
+
+        /// A record for home signed by the registrar, living `life` seconds from now.
+        fn record(&self, owner: Option<PeerId>, serial: u64, life: u64) -> NamesResponse {
+            let now = unix_now();
+            let record = Record {
+                registrar: self.registrar_key.public().to_peer_id().to_base58(),
+                host: "home".into(),
+                owner: owner.map(|o| o.to_base58()),
+                serial,
+                issued: now,
+                expires: now + life,
+                why: None,
+            };
+            NamesResponse::Record { record: encode_bytes(&record.sign(&self.registrar_key)) }
+        }
+
+        async fn stop(self) {
+            self.stop.cancel();
+            self.task.await.unwrap();
+        }
+    }
+
     /// Our own timers, on paused time: failures back off 1 s, 2 s, ...; a granted record is
-    /// renewed at half of its life.
+    /// renewed at half of its life (50 s, before any check at [`CHECK_EVERY`]).
     #[tokio::test(start_paused = true)]
     async fn failures_back_off_and_a_record_is_renewed_at_half_life() {
-        let (node, mut commands) = Handle::new();
-        let registrar_key = Keypair::generate_ed25519();
-        let registrar = RelayAddr {
-            addr: "/ip4/127.0.0.1/tcp/1".parse().unwrap(),
-            peer: registrar_key.public().to_peer_id(),
-        };
-        let registration = Registration {
-            network: "lab".parse().unwrap(),
-            host: "home".parse().unwrap(),
-            registrar,
-        };
-        let key = Keypair::generate_ed25519();
-        let me = key.public().to_peer_id();
-        let (board, stop) = (Registrations::default(), CancellationToken::new());
-        let task =
-            tokio::spawn(keep_registered(registration, key, node, board.clone(), stop.clone()));
+        let mut f = Fixture::start();
         let started = tokio::time::Instant::now();
         let mut at = Vec::new();
         for attempt in 0..5 {
-            let Some(Command::Names { request, reply, .. }) = commands.recv().await else {
+            let Some(Command::Names { request, reply, .. }) = f.commands.recv().await else {
                 panic!("a names request")
             };
             assert!(matches!(request, NamesRequest::Register { .. }));
@@ -391,24 +465,44 @@ mod tests {
                 let _ = reply.send(Err("connection refused".into()));
                 continue;
             }
-            let now = unix_now();
-            let record = Record {
-                registrar: registrar_key.public().to_peer_id().to_base58(),
-                host: "home".into(),
-                owner: Some(me.to_base58()),
-                serial: attempt,
-                issued: now,
-                expires: now + 100,
-                why: None,
-            };
-            let signed = encode_bytes(&record.sign(&registrar_key));
-            let _ = reply.send(Ok(NamesResponse::Record { record: signed }));
+            let _ = reply.send(Ok(f.record(Some(f.me), attempt, 100)));
             tokio::task::yield_now().await;
         }
         assert_eq!(at, vec![0, 1, 3, 53, 103], "backoff 1 s, 2 s; renewal every 50 s");
-        let status = board.snapshot();
+        let status = f.board.snapshot();
         assert_eq!((status[0].name.as_str(), status[0].state.as_str()), ("home.lab", "registered"));
-        stop.cancel();
-        task.await.unwrap();
+        f.stop().await;
+    }
+
+    /// A name the operator took away shows within [`CHECK_EVERY`]: the check finds another
+    /// owner, and the registration is asked again (and refused, with the reason).
+    #[tokio::test(start_paused = true)]
+    async fn a_name_taken_away_is_noticed_at_the_next_check() {
+        let mut f = Fixture::start();
+        let started = tokio::time::Instant::now();
+        let mut seen = Vec::new();
+        while seen.len() < 4 {
+            let Some(Command::Names { request, reply, .. }) = f.commands.recv().await else {
+                panic!("a names request")
+            };
+            let t = started.elapsed().as_secs();
+            let answer = match (&request, seen.len()) {
+                (NamesRequest::Register { .. }, 0) | (NamesRequest::Lookup { .. }, 1) => {
+                    f.record(Some(f.me), 1, 1000)
+                }
+                (NamesRequest::Lookup { .. }, 2) => f.record(Some(PeerId::random()), 2, 1000),
+                (NamesRequest::Register { .. }, 3) => NamesResponse::Refused {
+                    code: Refusal::Taken,
+                    message: "home is held by another key".into(),
+                },
+                other => panic!("unexpected {other:?} at {t} s"),
+            };
+            seen.push(t);
+            let _ = reply.send(Ok(answer));
+        }
+        tokio::task::yield_now().await;
+        assert_eq!(seen, vec![0, 60, 120, 120], "checked every minute; asked again at once");
+        assert_eq!(f.board.snapshot()[0].state, "refused");
+        f.stop().await;
     }
 }

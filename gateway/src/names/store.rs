@@ -194,9 +194,12 @@ impl Registry {
             && entry.barred.as_deref() == Some(owner_text.as_str())
             && now <= entry.barred_until
         {
+            let days = entry.barred_until.saturating_sub(now).div_ceil(86_400);
             return Err((
                 Refusal::Taken,
-                format!("{host} was taken from this key by the registrar's operator"),
+                format!(
+                    "{host} was released from this key by the registrar's operator, and this key may not take it again for {days} more day(s)"
+                ),
             ));
         }
         let mine = |e: &Entry| {

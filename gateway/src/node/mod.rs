@@ -132,6 +132,9 @@ pub struct Node {
     names_pending: HashMap<libp2p::request_response::OutboundRequestId, (PeerId, NamesReply)>,
     registrations: Registrations,
     health: reservations::RelayHealth,
+    /// Relays that closed our connection at the handshake lately, and what that means (one
+    /// entry per configured relay at most).
+    refused_by: HashMap<PeerId, String>,
 }
 
 /// Observed addresses kept for `status`.
@@ -211,6 +214,7 @@ impl Node {
             names_pending: HashMap::new(),
             registrations: options.registrations,
             health: relay_health,
+            refused_by: HashMap::new(),
         })
     }
 
@@ -318,7 +322,10 @@ impl Node {
     ) {
         use libp2p::request_response::{Event, Message};
         match event {
-            Event::Message { message: Message::Response { request_id, response }, .. } => {
+            Event::Message {
+                peer, message: Message::Response { request_id, response }, ..
+            } => {
+                self.refused_by.remove(&peer);
                 if let Some((_, reply)) = self.names_pending.remove(&request_id) {
                     let _ = reply.send(Ok(response));
                 }
@@ -326,7 +333,9 @@ impl Node {
             Event::OutboundFailure { request_id, error, peer, .. } => {
                 if let Some((_, reply)) = self.names_pending.remove(&request_id) {
                     let mut why = error.to_string();
-                    if let Some(problem) = self.health.problem(&peer) {
+                    let problem =
+                        self.refused_by.get(&peer).cloned().or_else(|| self.health.problem(&peer));
+                    if let Some(problem) = problem {
                         why = format!("{why} ({problem})");
                     }
                     let _ = reply.send(Err(why));
@@ -509,13 +518,18 @@ impl Node {
     /// reservation we came for, has refused us: as our relay does for a peer outside its members.
     fn relay_closed_early(&mut self, peer: PeerId, since: SystemTime) {
         let brief = since.elapsed().is_ok_and(|lived| lived < RELAY_REFUSAL_WITHIN);
-        if brief && self.reservations.is_pending(&peer) {
-            let problem = format!(
-                "the relay closed the connection at the handshake: this node is probably not one of its members (on the relay: peerup auth add {} --relay)",
-                self.peer_id()
-            );
-            self.reservations.on_relay_problem(&peer, problem);
+        if !brief || !self.reservations.relay_peers().any(|relay| relay == peer) {
+            return;
         }
+        let problem = format!(
+            "the relay closed the connection at the handshake: this node is probably not one of its members (on the relay: peerup auth add {} --relay)",
+            self.peer_id()
+        );
+        if self.reservations.is_pending(&peer) {
+            self.reservations.on_relay_problem(&peer, problem.clone());
+        }
+        // A names request that fails on this connection says so too.
+        self.refused_by.insert(peer, problem);
     }
 
     /// A connection to one of our relays failed (an I/O error, not an idle close): the relay most likely

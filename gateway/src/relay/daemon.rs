@@ -120,10 +120,10 @@ fn open_registry(
 ) -> Result<Option<Registry>, StartError> {
     let settings = &config.relay.registry;
     let me = keypair.public().to_peer_id();
-    match settings.registrar {
-        Some(registrar) if registrar.0 == me => {}
+    match settings.registrar.map(|r| r.peer(me)) {
+        Some(registrar) if registrar == me => {}
         Some(registrar) => {
-            info!(registrar = %registrar.0, "names: another relay is the registrar; this one answers lookups with what it holds");
+            info!(%registrar, "names: another relay is the registrar; this one holds no names (lookups are refused, so members ask the registrar)");
             return Ok(None);
         }
         None => return Ok(None),

@@ -388,7 +388,11 @@ impl RelayNode {
         } else {
             match (&self.registry, &request) {
                 (Some(_), _) => None,
-                (None, names::NamesRequest::Lookup { .. }) => Some(NamesResponse::NotFound),
+                // Not "not found": that would deny a name this relay knows nothing of.
+                (None, names::NamesRequest::Lookup { .. }) => Some(refuse(
+                    Refusal::Unavailable,
+                    "this relay holds none of the network's names (ask its registrar)",
+                )),
                 (None, _) => {
                     Some(refuse(Refusal::NotRegistrar, "this relay is not the network's registrar"))
                 }
