@@ -95,9 +95,14 @@ impl AccessLists {
 }
 
 impl AccessLists {
-    /// A relay's lists: its members are the only peers allowed.
-    pub fn members(keys: &AuthorizedKeys) -> Self {
-        AccessLists { global: KeySet::from_keys(keys), ..AccessLists::default() }
+    /// A relay's lists: its members, and the network's other relays (`peers`), admitted for
+    /// replication only.
+    pub fn members(keys: &AuthorizedKeys, peers: impl IntoIterator<Item = PeerId>) -> Self {
+        AccessLists {
+            global: KeySet::from_keys(keys),
+            relays: peers.into_iter().collect(),
+            ..AccessLists::default()
+        }
     }
 }
 
@@ -175,6 +180,12 @@ impl Access {
         lists.relays.contains(peer)
             || lists.global.allows(peer, now)
             || lists.services.values().any(|set| set.allows(peer, now))
+    }
+
+    /// A relay's member (its global list): may reserve, open circuits and use names. The
+    /// network's other relays get a connection but are no members.
+    pub fn is_member(&self, peer: &PeerId) -> bool {
+        self.lists().global.allows(peer, OffsetDateTime::now_utc())
     }
 
     /// The per-stream check: may this peer open `service`?

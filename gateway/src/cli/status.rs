@@ -96,6 +96,17 @@ fn relay_text(status: &RelayStatus) -> String {
         "relay {}  members connected: {}  circuit bytes: {}\n",
         status.peer_id, status.members_connected, status.circuit_bytes
     );
+    if let Some(names) = &status.names {
+        let role = if names.is_registrar { "registrar" } else { "replica" };
+        out.push_str(&format!(
+            "names: {role} of {}, {} records held\n",
+            names.registrar, names.records
+        ));
+        for peer in &names.peers {
+            let state = if peer.connected { "connected" } else { "not connected" };
+            out.push_str(&format!("  replicates with {}  {state}\n", peer.peer));
+        }
+    }
     out.push_str(&format!("reservations: {}\n", status.reservations.len()));
     for r in &status.reservations {
         out.push_str(&format!("  {}  {:>6}s\n", r.peer, r.age_secs));

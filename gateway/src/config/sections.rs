@@ -47,6 +47,13 @@ pub struct Registry {
     /// Names one key may hold.
     #[serde(default = "default_max_names_per_key")]
     pub max_names_per_key: usize,
+    /// The network's other relays (multiaddrs ending in /p2p/<peer-id>): admitted for
+    /// replication only, and the relays records are replicated to.
+    #[serde(default)]
+    pub peers: Vec<RelayAddr>,
+    /// How often records are published and replicated again among the relays.
+    #[serde(default = "default_republish")]
+    pub republish: Dur,
 }
 
 impl Default for Registry {
@@ -58,6 +65,8 @@ impl Default for Registry {
             lifetime: default_record_lifetime(),
             grace: default_record_grace(),
             max_names_per_key: default_max_names_per_key(),
+            peers: Vec::new(),
+            republish: default_republish(),
         }
     }
 }
@@ -70,6 +79,9 @@ pub(super) fn default_record_lifetime() -> Dur {
 }
 pub(super) fn default_record_grace() -> Dur {
     Dur(Duration::from_secs(30 * 24 * 3600))
+}
+pub(super) fn default_republish() -> Dur {
+    Dur(Duration::from_secs(3600))
 }
 pub(super) fn default_max_names_per_key() -> usize {
     4

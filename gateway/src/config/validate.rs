@@ -150,6 +150,20 @@ impl Config {
                 ),
             ));
         }
+        if registry.republish.0 < std::time::Duration::from_secs(1) {
+            return Err(ConfigError::invalid(
+                path,
+                "relay.registry.republish",
+                "must be at least 1s",
+            ));
+        }
+        if !registry.peers.is_empty() && registry.registrar.is_none() {
+            return Err(ConfigError::invalid(
+                path,
+                "relay.registry.peers",
+                "replication needs relay.registry.registrar (whose records are replicated)",
+            ));
+        }
         if registry.max_names_per_key == 0 {
             return Err(ConfigError::invalid(
                 path,

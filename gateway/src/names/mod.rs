@@ -4,6 +4,7 @@
 //! - [`protocol`]: `/peerup/names/1.0.0`, request-response between members and relays.
 //! - [`store`]: the registrar's decisions, persisted in its home before they are answered.
 //! - [`registrar`]: the relay's side: a thread that owns the store and answers requests.
+//! - [`replica`]: the relays' replication of records (Kademlia among the relays only).
 //! - [`tier`]: the member's side of lookups: the registry tier of the name chain.
 //! - [`pins`]: `known_names`, registry answers pinned on first use.
 //! - [`register`]: the member's task that keeps its `register_as` name registered.
@@ -18,6 +19,7 @@ pub mod protocol;
 pub mod record;
 pub mod register;
 pub mod registrar;
+pub mod replica;
 pub mod store;
 pub mod tier;
 

@@ -12,6 +12,7 @@ use tracing::{debug, info};
 use super::protocol::{NamesRequest, NamesResponse, Refusal, decode_bytes, encode_bytes};
 use super::record::unix_now;
 use super::store::{Listed, Registry};
+use crate::node::{Command, Handle};
 
 /// Requests waiting for the registrar thread.
 const QUEUE: usize = 256;
@@ -51,19 +52,33 @@ impl RegistryThread {
     }
 }
 
-/// Start the registrar thread over `registry`.
-pub fn start(registry: Registry) -> (RegistryHandle, RegistryThread) {
+/// Start the registrar thread over `registry`; each record it issues is handed to the relay's
+/// swarm (`node`) to be put to the network's other relays.
+pub fn start(registry: Registry, node: Handle) -> (RegistryHandle, RegistryThread) {
     let (jobs, receiver) = mpsc::channel(QUEUE);
-    let thread = tokio::task::spawn_blocking(move || serve(registry, receiver));
+    let thread = tokio::task::spawn_blocking(move || serve(registry, receiver, node));
     (RegistryHandle { jobs }, RegistryThread(thread))
 }
 
-fn serve(mut registry: Registry, mut jobs: mpsc::Receiver<Job>) {
+fn serve(mut registry: Registry, mut jobs: mpsc::Receiver<Job>, node: Handle) {
     while let Some(job) = jobs.blocking_recv() {
+        handle(&mut registry, job);
+        for (host, record) in registry.take_issued() {
+            // Never wait on the swarm from here; a put that finds no room is made good by the
+            // next republication.
+            if !node.try_send(Command::PublishName { host, record }) {
+                debug!("the relay is busy: this record goes out with the next republication");
+            }
+        }
+    }
+}
+
+fn handle(registry: &mut Registry, job: Job) {
+    {
         let now = unix_now();
         match job {
             Job::Request { peer, request, reply } => {
-                let _ = reply.send(answer(&mut registry, peer, request, now));
+                let _ = reply.send(answer(registry, peer, request, now));
             }
             Job::List(reply) => {
                 let _ = reply.send(registry.list(now));

@@ -116,6 +116,8 @@ pub struct Registry {
     path: PathBuf,
     saved: Saved,
     policy: Policy,
+    /// Records issued since the last [`Registry::take_issued`]: to be put to the other relays.
+    issued: Vec<(String, Vec<u8>)>,
 }
 
 impl Registry {
@@ -131,11 +133,27 @@ impl Registry {
             Err(e) => return Err(e.into()),
         };
         let id = key.public().to_peer_id();
-        Ok(Registry { key, id, path: path.to_owned(), saved, policy })
+        Ok(Registry { key, id, path: path.to_owned(), saved, policy, issued: Vec::new() })
     }
 
     pub fn id(&self) -> PeerId {
         self.id
+    }
+
+    /// The records issued since the last call (host, signed bytes).
+    pub fn take_issued(&mut self) -> Vec<(String, Vec<u8>)> {
+        std::mem::take(&mut self.issued)
+    }
+
+    /// Every record that has not expired (tombstones too: they must replace older records
+    /// elsewhere), as host and signed bytes.
+    pub fn live_records(&self, now: u64) -> Vec<(String, Vec<u8>)> {
+        self.saved
+            .names
+            .iter()
+            .filter(|(_, e)| now <= e.record.expires)
+            .filter_map(|(host, e)| Some((host.clone(), super::protocol::decode_bytes(&e.signed)?)))
+            .collect()
     }
 
     pub fn len(&self) -> usize {
@@ -231,6 +249,7 @@ impl Registry {
             entry.released_by = Some(from.to_base58());
         }
         self.commit(next, now)?;
+        self.issued.push((host.to_owned(), signed.clone()));
         Ok(signed)
     }
 
@@ -247,12 +266,13 @@ impl Registry {
             ));
         }
         let barred = entry.holder.clone().filter(|_| now <= entry.held_until);
-        let (mut next, _) = self.prepare(host, None, Some("released"), None, now)?;
+        let (mut next, signed) = self.prepare(host, None, Some("released"), None, now)?;
         if let Some(entry) = next.names.get_mut(host) {
             entry.barred_until = now.saturating_add(self.policy.grace_secs);
             entry.barred = barred;
         }
         self.commit(next, now)?;
+        self.issued.push((host.to_owned(), signed));
         self.record(host).ok_or((Refusal::Unavailable, "not stored".into()))
     }
 
@@ -350,6 +370,7 @@ impl Registry {
     ) -> Result<Vec<u8>, Refused> {
         let (next, signed) = self.prepare(host, owner, why, claim, now)?;
         self.commit(next, now)?;
+        self.issued.push((host.to_owned(), signed.clone()));
         Ok(signed)
     }
 

@@ -34,6 +34,8 @@ pub enum Command {
     Disconnect(PeerId),
     /// A status snapshot as JSON.
     Status(oneshot::Sender<serde_json::Value>),
+    /// A relay: put a record the registrar just issued to the network's other relays.
+    PublishName { host: String, record: Vec<u8> },
     /// Ask `peer` (a relay; dialled on `addrs` if needed) over `/peerup/names/1.0.0`.
     Names {
         peer: PeerId,
@@ -90,6 +92,12 @@ impl Handle {
         let stopped = |_| "the node is shutting down".to_owned();
         self.send(Command::Names { peer, addrs, request, reply }).await.map_err(stopped)?;
         answer.await.map_err(|_| "the node is shutting down".to_owned())?
+    }
+
+    /// Queue a command if there is room now (from a thread outside the runtime, such as the
+    /// registrar's, which must never wait on the swarm's task). Returns whether it was queued.
+    pub fn try_send(&self, command: Command) -> bool {
+        self.commands.try_send(command).is_ok()
     }
 
     /// A status snapshot.

@@ -300,6 +300,8 @@ impl Node {
             Command::Status(reply) => {
                 let _ = reply.send(serde_json::to_value(self.status()).unwrap_or_default());
             }
+            // A gateway publishes no names.
+            Command::PublishName { .. } => {}
             Command::Names { peer, addrs, request, reply } => {
                 if self.names_pending.len() >= MAX_NAMES_PENDING {
                     let _ = reply.send(Err("too many name requests at once".into()));

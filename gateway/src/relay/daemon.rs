@@ -10,7 +10,7 @@ use libp2p::Multiaddr;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use super::RelayNode;
+use super::{NamesSetup, RelayNode};
 use crate::auth::Access;
 use crate::auth::access::{AccessLists, load_keys};
 use crate::config::Config;
@@ -19,6 +19,7 @@ use crate::files::Home;
 use crate::identity;
 use crate::names::RegistryHandle;
 use crate::names::registrar::{self, RegistryThread};
+use crate::names::replica::{self, REPLICA_FILE, WriteBehind};
 use crate::names::store::{Policy, Registry, STORE_FILE, reserved_names};
 use crate::node::Handle;
 use crate::reload::Reload;
@@ -41,6 +42,8 @@ pub async fn run(home: Home) -> Result<(), StartError> {
 pub struct RelayDaemon {
     runtime: Runtime,
     registry: Option<RegistryThread>,
+    /// The writer of the records held by replication (it ends with the node).
+    writer: Option<std::thread::JoinHandle<()>>,
 }
 
 impl RelayDaemon {
@@ -54,25 +57,57 @@ impl RelayDaemon {
         }
         let members = load_keys(&members_path)?;
         let count = members.entries().count();
-        let access = Arc::new(Access::new(AccessLists::members(&members)));
+        let peers: Vec<libp2p::PeerId> =
+            config.relay.registry.peers.iter().map(|p| p.peer).collect();
+        let access = Arc::new(Access::new(AccessLists::members(&members, peers.clone())));
         let control = ControlServer::bind(&home).await?;
         let peer = keypair.public().to_peer_id();
         let keepalive = config.limits.keepalive();
+        let (handle, commands) = Handle::new();
         let registry = open_registry(&home, &config, &keypair)?;
+        let mut setup = NamesSetup {
+            registrar: config.relay.registry.registrar.map(|r| r.peer(peer)),
+            peers: config.relay.registry.peers.clone(),
+            republish: config.relay.registry.republish.0,
+            ..NamesSetup::default()
+        };
+        let mut writer_thread = None;
         let (registry, registry_thread) = match registry {
             Some(registry) => {
-                let (handle, thread) = registrar::start(registry);
+                setup.records = registry.live_records(crate::names::record::unix_now());
+                let (registry, thread) = registrar::start(registry, handle.clone());
                 let reserved = reserved_names(&config.relay.registry.names);
-                if let Err(error) = handle.reserve(reserved).await {
+                if let Err(error) = registry.reserve(reserved).await {
                     warn!(%error, "relay.registry.names could not be applied");
                 }
-                (Some(handle), Some(thread))
+                (Some(registry), Some(thread))
             }
-            None => (None, None),
+            None => {
+                // Another relay of the network, with no one to replicate from: it holds no
+                // names (and refuses lookups rather than deny names it never saw).
+                if setup.registrar.is_some() && setup.peers.is_empty() {
+                    warn!(
+                        "relay.registry.peers is empty: this relay holds none of the network's names"
+                    );
+                    setup.registrar = None;
+                }
+                // Another relay of the network: hold what replication brings, and keep it.
+                if let Some(registrar) = setup.registrar {
+                    let path = home.join(REPLICA_FILE.as_ref());
+                    let held = replica::load(&path, &registrar)?;
+                    info!(records = held.len(), %registrar, "names: holding the network's records by replication");
+                    setup.records = held.iter().map(|(h, r)| (h.clone(), r.clone())).collect();
+                    let (writer, thread) = WriteBehind::start(path, held);
+                    setup.write_behind = Some(writer);
+                    writer_thread = Some(thread);
+                }
+                (None, None)
+            }
         };
         let control = control.with_registry(registry.clone());
-        let mut node = RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive)?
-            .with_registry(registry.clone());
+        let mut node =
+            RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive, setup)?
+                .with_registry(registry.clone());
         let listen: Vec<Multiaddr> = config.relay.listen.iter().map(|a| a.0.clone()).collect();
         let external: Vec<Multiaddr> =
             config.relay.external_addresses.iter().map(|a| a.0.clone()).collect();
@@ -81,7 +116,6 @@ impl RelayDaemon {
         let mut state = State::new("relay", peer, None, control.path());
         state.libp2p = node.listen_addresses().iter().map(ToString::to_string).collect();
         let stop = CancellationToken::new();
-        let (handle, commands) = Handle::new();
         let node_task = tokio::spawn(node.run(stop.clone(), commands));
         let reloader = MembersReload {
             path: members_path,
@@ -89,11 +123,12 @@ impl RelayDaemon {
             access,
             node: handle.clone(),
             registry,
+            peers,
         };
         let parts = Parts { home, state, control, node: handle, node_task, stop, addrs: None };
         let runtime = Runtime::start(parts, reloader);
         info!(%peer, members = count, "ready");
-        Ok(RelayDaemon { runtime, registry: registry_thread })
+        Ok(RelayDaemon { runtime, registry: registry_thread, writer: writer_thread })
     }
 
     pub fn state(&self) -> &State {
@@ -106,6 +141,9 @@ impl RelayDaemon {
         // Every handle to the registrar went with the node and the control socket.
         if let Some(registry) = self.registry {
             registry.join().await;
+        }
+        if let Some(writer) = self.writer {
+            let _ = tokio::task::spawn_blocking(move || writer.join()).await;
         }
         info!("stopped");
     }
@@ -147,6 +185,8 @@ struct MembersReload {
     access: Arc<Access>,
     node: Handle,
     registry: Option<RegistryHandle>,
+    /// The network's other relays, admitted for replication (changed at the next start).
+    peers: Vec<libp2p::PeerId>,
 }
 
 impl Reload for MembersReload {
@@ -157,7 +197,7 @@ impl Reload for MembersReload {
     async fn reload(&self) -> Result<String, String> {
         let members = load_keys(&self.path).map_err(|e| e.to_string())?;
         let count = members.entries().count();
-        self.access.replace(AccessLists::members(&members));
+        self.access.replace(AccessLists::members(&members, self.peers.clone()));
         self.enforce().await;
         let mut summary = format!("{count} members");
         // The reserved names, after the members: a bad config edit must not hold up a removal.

@@ -27,10 +27,14 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
-use crate::config::RelayLimits;
+use crate::config::{RelayAddr, RelayLimits};
+use crate::names::record::{Record, unix_now};
+use crate::names::replica::{self, WriteBehind};
 use crate::names::{self, NamesResponse, Refusal, RegistryHandle};
 use crate::node::swarm::{self, Keepalive, start_listeners};
 use crate::node::{Command, NodeError, OpenError, gate};
+use libp2p::kad::{self, store::MemoryStore, store::RecordStore};
+use libp2p::swarm::behaviour::toggle::Toggle;
 use traffic::{CircuitStatus, Traffic};
 
 /// The relay's behaviours; the gate decides first.
@@ -43,6 +47,22 @@ pub struct RelayBehaviour {
     ping: ping::Behaviour,
     autonat: autonat::Behaviour,
     names: names::protocol::Behaviour,
+    /// Replication of the network's records among its relays (when it has a registry).
+    kad: Toggle<kad::Behaviour<MemoryStore>>,
+}
+
+/// What a relay does for its network's names, from `relay.registry`.
+#[derive(Debug, Default)]
+pub struct NamesSetup {
+    /// The network's registrar; `None`: this relay holds no names.
+    pub registrar: Option<PeerId>,
+    /// The other relays to replicate with.
+    pub peers: Vec<RelayAddr>,
+    pub republish: std::time::Duration,
+    /// Records to start with: the registrar's live records, or what a relay held before.
+    pub records: Vec<(String, Vec<u8>)>,
+    /// Where a relay that is not the registrar keeps what it holds.
+    pub write_behind: Option<WriteBehind>,
 }
 
 /// What `peerup status` shows for a relay.
@@ -57,6 +77,25 @@ pub struct RelayStatus {
     /// Bytes carried by all circuits since start.
     pub circuit_bytes: u64,
     pub members_connected: usize,
+    /// The network's names this relay holds, and its replication peers.
+    #[serde(default)]
+    pub names: Option<NamesHeld>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct NamesHeld {
+    pub registrar: String,
+    /// Whether this relay is the registrar.
+    pub is_registrar: bool,
+    /// Records held (tombstones included).
+    pub records: usize,
+    pub peers: Vec<ReplicationPeer>,
+}
+
+#[derive(Debug, Clone, Serialize, serde::Deserialize)]
+pub struct ReplicationPeer {
+    pub peer: String,
+    pub connected: bool,
 }
 
 #[derive(Debug, Clone, Serialize, serde::Deserialize)]
@@ -79,6 +118,10 @@ pub struct RelayNode {
     answering: futures::stream::FuturesUnordered<Answering>,
     /// Claims per member (each is a write to disk): [`CLAIMS_PER_MINUTE`].
     claims: PerPeer,
+    /// The network's registrar, when this relay holds names (as registrar or by replication).
+    registrar: Option<PeerId>,
+    replication_peers: Vec<PeerId>,
+    write_behind: Option<WriteBehind>,
 }
 
 /// Claims (register, renew, release) one member may send per minute, and as many at once.
@@ -132,18 +175,29 @@ fn per_peer(per_minute: u32) -> Box<dyn relay::RateLimiter> {
     Box::new(PerPeer::new(per_minute))
 }
 
-fn relay_config(limits: &RelayLimits) -> relay::Config {
+/// Reservations and circuits are for members only: the network's other relays get a connection
+/// (for replication) but neither.
+struct MembersOnly(Arc<Access>);
+
+impl relay::RateLimiter for MembersOnly {
+    fn try_next(&mut self, peer: PeerId, _: &Multiaddr, _: std::time::Instant) -> bool {
+        self.0.is_member(&peer)
+    }
+}
+
+fn relay_config(limits: &RelayLimits, access: &Arc<Access>) -> relay::Config {
+    let members = || Box::new(MembersOnly(access.clone())) as Box<dyn relay::RateLimiter>;
     relay::Config {
         max_reservations: limits.max_reservations,
         max_reservations_per_peer: 4,
         reservation_duration: limits.reservation_duration.0,
-        reservation_rate_limiters: vec![per_peer(limits.reservations_per_minute)],
+        reservation_rate_limiters: vec![members(), per_peer(limits.reservations_per_minute)],
         max_circuits: limits.max_circuits,
         max_circuits_per_peer: limits.max_circuits_per_peer,
         // The protocol carries the duration in a u32 of seconds; libp2p panics above it.
         max_circuit_duration: limits.circuit_duration.0.min(crate::config::MAX_CIRCUIT_DURATION),
         max_circuit_bytes: limits.circuit_bytes,
-        circuit_src_rate_limiters: vec![per_peer(limits.circuits_per_minute)],
+        circuit_src_rate_limiters: vec![members(), per_peer(limits.circuits_per_minute)],
     }
 }
 
@@ -154,6 +208,7 @@ impl RelayNode {
         access: Arc<Access>,
         limits: &RelayLimits,
         keepalive: Keepalive,
+        names_setup: NamesSetup,
     ) -> Result<RelayNode, NodeError> {
         let traffic = Arc::new(Traffic::default());
         let counted = traffic.clone();
@@ -181,7 +236,7 @@ impl RelayNode {
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_behaviour(|key| RelayBehaviour {
                 gate: gate::Gate::new(access.clone()),
-                relay: relay::Behaviour::new(peer, relay_config(limits)),
+                relay: relay::Behaviour::new(peer, relay_config(limits, &access)),
                 identify: swarm::identify_behaviour(key, "peerup-relay"),
                 ping: swarm::ping_behaviour(keepalive),
                 autonat: autonat::Behaviour::new(
@@ -191,11 +246,16 @@ impl RelayNode {
                 names: names::protocol::behaviour(
                     libp2p::request_response::ProtocolSupport::Inbound,
                 ),
+                kad: Toggle::from(
+                    names_setup.registrar.map(|registrar| {
+                        replica::behaviour(peer, &registrar, names_setup.republish)
+                    }),
+                ),
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
             .with_swarm_config(|c| c.with_idle_connection_timeout(swarm::IDLE_CONNECTION_TIMEOUT))
             .build();
-        Ok(RelayNode {
+        let mut node = RelayNode {
             swarm,
             access,
             traffic,
@@ -204,7 +264,31 @@ impl RelayNode {
             registry: None,
             answering: Default::default(),
             claims: PerPeer::new(CLAIMS_PER_MINUTE),
-        })
+            registrar: names_setup.registrar,
+            replication_peers: names_setup.peers.iter().map(|p| p.peer).collect(),
+            write_behind: names_setup.write_behind,
+        };
+        node.seed_replication(&names_setup.peers, names_setup.records);
+        Ok(node)
+    }
+
+    /// Fill the routing table from `relay.registry.peers` only, and the store with the records
+    /// we start with (the registrar's as their publisher, so they are published again).
+    fn seed_replication(&mut self, peers: &[RelayAddr], records: Vec<(String, Vec<u8>)>) {
+        let Some(registrar) = self.registrar else { return };
+        let me = *self.swarm.local_peer_id();
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
+        for relay in peers {
+            kad.add_address(&relay.peer, relay.addr.clone());
+        }
+        let publisher = (registrar == me).then_some(me);
+        for (host, signed) in records {
+            let Ok(record) = Record::verify(&signed, &registrar, &host, unix_now()) else {
+                continue;
+            };
+            let _ =
+                kad.store_mut().put(replica::kad_record(&registrar, &record, signed, publisher));
+        }
     }
 
     /// Answer names requests through the registrar thread.
@@ -279,10 +363,11 @@ impl RelayNode {
             Command::Names { reply, .. } => {
                 let _ = reply.send(Err("a relay asks no names".into()));
             }
+            Command::PublishName { host, record } => self.publish(&host, record),
         }
     }
 
-    fn status(&self) -> RelayStatus {
+    fn status(&mut self) -> RelayStatus {
         let now = SystemTime::now();
         RelayStatus {
             role: "relay".into(),
@@ -299,7 +384,12 @@ impl RelayNode {
                 .collect(),
             circuits: self.traffic.circuits(),
             circuit_bytes: self.traffic.circuit_bytes.load(std::sync::atomic::Ordering::Relaxed),
-            members_connected: self.swarm.connected_peers().count(),
+            members_connected: self
+                .swarm
+                .connected_peers()
+                .filter(|p| self.access.is_member(p))
+                .count(),
+            names: self.names_held(),
         }
     }
 
@@ -335,6 +425,7 @@ impl RelayNode {
                 other => debug!(event = ?other, "relay"),
             },
             SwarmEvent::Behaviour(RelayBehaviourEvent::Names(event)) => self.on_names(event),
+            SwarmEvent::Behaviour(RelayBehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
                 debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "member connected");
             }
@@ -375,7 +466,7 @@ impl RelayNode {
         };
         let refuse =
             |code, message: &str| NamesResponse::Refused { code, message: message.to_owned() };
-        let immediate = if !self.access.may_connect(&peer) {
+        let immediate = if !self.access.is_member(&peer) {
             Some(refuse(Refusal::NotMember, "only the relay's members may use its names"))
         } else if self.answering.len() >= MAX_ANSWERING {
             Some(refuse(Refusal::Unavailable, "the registrar is busy; try again"))
@@ -388,11 +479,7 @@ impl RelayNode {
         } else {
             match (&self.registry, &request) {
                 (Some(_), _) => None,
-                // Not "not found": that would deny a name this relay knows nothing of.
-                (None, names::NamesRequest::Lookup { .. }) => Some(refuse(
-                    Refusal::Unavailable,
-                    "this relay holds none of the network's names (ask its registrar)",
-                )),
+                (None, names::NamesRequest::Lookup { host }) => Some(self.held_answer(host)),
                 (None, _) => {
                     Some(refuse(Refusal::NotRegistrar, "this relay is not the network's registrar"))
                 }
@@ -412,6 +499,89 @@ impl RelayNode {
                 (channel, response)
             }));
         }
+    }
+}
+
+impl RelayNode {
+    /// The registrar issued `record`: hold it and put it to the network's other relays.
+    fn publish(&mut self, host: &str, signed: Vec<u8>) {
+        let Some(registrar) = self.registrar else { return };
+        let Ok(record) = Record::verify(&signed, &registrar, host, unix_now()) else { return };
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
+        let record = replica::kad_record(&registrar, &record, signed, None);
+        if let Err(error) = kad.put_record(record, kad::Quorum::One) {
+            warn!(%error, host, "cannot hold a record for replication");
+        }
+    }
+
+    /// A lookup at a relay that is not the registrar: what it holds by replication. A relay
+    /// that holds no names refuses (a "not found" from it would deny a name it never knew).
+    fn held_answer(&mut self, host: &str) -> NamesResponse {
+        let (Some(registrar), Some(kad)) =
+            (self.registrar, self.swarm.behaviour_mut().kad.as_mut())
+        else {
+            return NamesResponse::Refused {
+                code: Refusal::Unavailable,
+                message: "this relay holds none of the network's names (ask its registrar)".into(),
+            };
+        };
+        match replica::held(kad.store_mut(), &registrar, host) {
+            Some(signed) => {
+                NamesResponse::Record { record: names::protocol::encode_bytes(&signed) }
+            }
+            None => NamesResponse::NotFound,
+        }
+    }
+
+    /// Kademlia's events: a record offered for storage is validated here, before it is stored.
+    fn on_kad(&mut self, event: kad::Event) {
+        let kad::Event::InboundRequest {
+            request: kad::InboundRequest::PutRecord { source, record: Some(offered), .. },
+        } = event
+        else {
+            debug!(?event, "replication");
+            return;
+        };
+        let Some(registrar) = self.registrar else { return };
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
+        let held = kad.store_mut().get(&offered.key).map(|r| r.into_owned());
+        match replica::validate(&offered, &registrar, held.as_ref(), unix_now()) {
+            Ok(record) => {
+                let host = record.host.clone();
+                let stored =
+                    replica::kad_record(&registrar, &record, offered.value, offered.publisher);
+                if let Err(error) = kad.store_mut().put(stored) {
+                    warn!(%error, host, "cannot hold a replicated record");
+                    return;
+                }
+                debug!(from = %source, host, serial = record.serial, "replicated record stored");
+                if let Some(writer) = &self.write_behind {
+                    if let Some(signed) = replica::held(kad.store_mut(), &registrar, &host) {
+                        writer.put(&host, &signed);
+                    }
+                }
+            }
+            Err(replica::Refused::Same) => {}
+            Err(why) => info!(from = %source, %why, "replicated record refused"),
+        }
+    }
+
+    fn names_held(&mut self) -> Option<NamesHeld> {
+        let registrar = self.registrar?;
+        let me = *self.swarm.local_peer_id();
+        let peers = self
+            .replication_peers
+            .iter()
+            .map(|p| ReplicationPeer { peer: p.to_base58(), connected: self.swarm.is_connected(p) })
+            .collect();
+        let records =
+            self.swarm.behaviour_mut().kad.as_mut().map_or(0, |k| k.store_mut().records().count());
+        Some(NamesHeld {
+            registrar: registrar.to_base58(),
+            is_registrar: registrar == me,
+            records,
+            peers,
+        })
     }
 }
 
