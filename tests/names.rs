@@ -532,3 +532,218 @@ async fn members_refuse_forged_misdirected_expired_and_older_records_and_the_reg
     );
     drop((a, c));
 }
+
+/// What `peerup status --json` of a relay says of the names it holds (0 if it does not answer).
+fn records_held(relay: &Home) -> u64 {
+    let out = peerup(relay.path(), &["status", "--json"]);
+    let status: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+    status["names"]["records"].as_u64().unwrap_or(0)
+}
+
+/// Put `record` straight into `relay`'s store over the replication protocol, as the relay
+/// `key` (one of its registry peers).
+async fn put_over_replication(
+    key: Keypair,
+    relay: &str,
+    registrar: &PeerId,
+    record: libp2p::kad::Record,
+) {
+    let mut addr: Multiaddr = relay.parse().unwrap();
+    let Some(libp2p::multiaddr::Protocol::P2p(peer)) = addr.pop() else { panic!("{addr}") };
+    #[derive(libp2p::swarm::NetworkBehaviour)]
+    struct Replicator {
+        kad: libp2p::kad::Behaviour<libp2p::kad::store::MemoryStore>,
+        ping: libp2p::ping::Behaviour,
+    }
+    let local = key.public().to_peer_id();
+    let mut swarm = libp2p::SwarmBuilder::with_existing_identity(key)
+        .with_tokio()
+        .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
+        .unwrap()
+        .with_behaviour(|_| Replicator {
+            kad: peerup_gateway::names::replica::behaviour(
+                local,
+                registrar,
+                Duration::from_secs(3600),
+            ),
+            ping: libp2p::ping::Behaviour::default(),
+        })
+        .unwrap()
+        .build();
+    swarm.behaviour_mut().kad.add_address(&peer, addr);
+    swarm.behaviour_mut().kad.put_record_to(
+        record,
+        std::iter::once(peer),
+        libp2p::kad::Quorum::One,
+    );
+    let waiting = async {
+        loop {
+            if let SwarmEvent::Behaviour(ReplicatorEvent::Kad(
+                libp2p::kad::Event::OutboundQueryProgressed {
+                    result: libp2p::kad::QueryResult::PutRecord(result),
+                    ..
+                },
+            )) = swarm.select_next_some().await
+            {
+                // The relay says "stored" whatever it did with it: that proves nothing.
+                return result.is_ok();
+            }
+        }
+    };
+    let delivered = tokio::time::timeout(BOUND, waiting).await.expect("the put ends");
+    assert!(delivered, "the relay took the put request");
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn names_survive_any_one_relay_by_replication_and_forged_or_replayed_records_are_not_kept() {
+    let (home_a, home_b, home_c, home_d) = (Home::init(), Home::init(), Home::init(), Home::init());
+    let rogue = Keypair::generate_ed25519();
+    let rogue_id = rogue.public().to_peer_id();
+    // R1 is the registrar; R2 is the network's other relay, which D alone uses.
+    let (r1_home, r1_port) = (Home::init(), free_port());
+    let (r2_home, r2_port) = (Home::init(), free_port());
+    let r1_addr = format!("/ip4/127.0.0.1/tcp/{r1_port}/p2p/{}", r1_home.peer_id);
+    let r2_addr = format!("/ip4/127.0.0.1/tcp/{r2_port}/p2p/{}", r2_home.peer_id);
+    let republish = "republish: 2s";
+    let write_relay = |home: &Home, port: u16, registry: String, members: &[&str]| {
+        std::fs::write(
+            home.file("config.yaml"),
+            format!(
+                "relay:\n  listen: [/ip4/127.0.0.1/tcp/{port}]\n  external_addresses: [/ip4/127.0.0.1/tcp/{port}]\n  registry: {{ {registry} }}\n"
+            ),
+        )
+        .unwrap();
+        let list: String = members.iter().map(|m| format!("{m}\n")).collect();
+        home.write_private("relay_authorized_keys", &list);
+    };
+    write_relay(
+        &r1_home,
+        r1_port,
+        format!("registrar: self, network: lab, peers: [{r2_addr}], {republish}"),
+        &[&home_a.peer_id, &home_b.peer_id, &home_c.peer_id],
+    );
+    write_relay(
+        &r2_home,
+        r2_port,
+        format!(
+            "registrar: {}, network: lab, peers: [{r1_addr}, /ip4/127.0.0.1/tcp/9/p2p/{rogue_id}], {republish}",
+            r1_home.peer_id
+        ),
+        &[&home_a.peer_id, &home_c.peer_id, &home_d.peer_id],
+    );
+    let start_relay = |home: &Home| Daemon::spawn(Command::new(support::BIN), home.path(), "relay");
+    let both = [r1_addr.clone(), r2_addr.clone()];
+    let registrar = |home: &Home| home.peer_id.clone();
+    let member = |relays: &[String], register_as: Option<&str>| {
+        let register = register_as.map(|h| format!("    register_as: {h}\n")).unwrap_or_default();
+        format!(
+            "networks:\n  lab:\n    relays: [{}]\n    registrar: {}\n{register}",
+            relays.join(", "),
+            registrar(&r1_home)
+        )
+    };
+
+    // R1 first; A registers home while R2 does not run yet.
+    let mut r1 = start_relay(&r1_home);
+    home_a.write_config(&member(&both, Some("home")));
+    let a = Daemon::start(&home_a);
+    wait_registration(&home_a, "registered", &a.log);
+    // R2 starts empty after the fact: it holds home after a republication.
+    let r2 = start_relay(&r2_home);
+    let (_, took) = poll_until(BOUND, || (records_held(&r2_home) >= 1).then_some(()))
+        .unwrap_or_else(|| panic!("R2 never held home:\n{}", r2.log.text()));
+    report(format!(
+        "replication: a relay started empty held the names {took:?} after it was ready (republish 2s)"
+    ));
+    // D, which asks R2 only, resolves home.
+    home_d.write_config(&member(std::slice::from_ref(&r2_addr), None));
+    let mut d = Daemon::start(&home_d);
+    assert_eq!(
+        resolved_peer(&resolve(&home_d, "home.lab.p2p")),
+        home_a.peer_id,
+        "{}",
+        d.log.text()
+    );
+
+    // A forged record and a replayed older one, put straight into R2: neither kept nor served.
+    let r1_key = peerup_gateway::identity::load(&r1_home.file("identity.key")).unwrap();
+    let r1_id: PeerId = r1_home.peer_id.parse().unwrap();
+    let out = peerup(r1_home.path(), &["relay", "names", "list", "--json"]);
+    let listed: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let serial = listed["names"][0]["serial"].as_u64().unwrap();
+    let thief = PeerId::random().to_base58();
+    let record = |serial: u64| Record {
+        registrar: r1_id.to_base58(),
+        host: "home".into(),
+        owner: Some(thief.clone()),
+        serial,
+        issued: unix_now() - 60,
+        expires: unix_now() + 3600,
+        why: None,
+    };
+    let as_kad = |signed: Vec<u8>| libp2p::kad::Record {
+        key: peerup_gateway::names::replica::record_key(&r1_id, "home"),
+        value: signed,
+        publisher: None,
+        expires: None,
+    };
+    let held_before = records_held(&r2_home);
+    let forged = as_kad(record(serial + 1000).sign(&Keypair::generate_ed25519()));
+    put_over_replication(rogue.clone(), &r2_addr, &r1_id, forged).await;
+    let replayed = as_kad(record(serial - 1).sign(&r1_key));
+    put_over_replication(rogue.clone(), &r2_addr, &r1_id, replayed).await;
+    for why in ["not by the network's registrar", "older than"] {
+        let line =
+            r2.log.wait_for(|l| l.contains("replicated record refused") && l.contains(why), BOUND);
+        assert!(line.is_some(), "R2 refuses ({why}):\n{}", r2.log.text());
+    }
+    assert_eq!(records_held(&r2_home), held_before, "nothing new kept");
+    drop(d);
+    d = Daemon::start(&home_d);
+    assert_eq!(resolved_peer(&resolve(&home_d, "home.lab.p2p")), home_a.peer_id, "still A's");
+
+    // kill -9 of R1: C, started cold, resolves home through R2; B's registration waits.
+    r1.signal("KILL");
+    let _ = r1.wait();
+    home_c.write_config(&member(&both, None));
+    let c = Daemon::start(&home_c);
+    assert_eq!(
+        resolved_peer(&resolve(&home_c, "home.lab.p2p")),
+        home_a.peer_id,
+        "{}",
+        c.log.text()
+    );
+    home_b.write_config(&member(&both, Some("nas")));
+    let b = Daemon::start(&home_b);
+    assert_eq!(registration(&home_b).0, "trying", "no registrar: B waits");
+    let restarted = std::time::Instant::now();
+    r1 = start_relay(&r1_home);
+    wait_registration(&home_b, "registered", &b.log);
+    report(format!(
+        "replication: B registered {:?} after the registrar came back",
+        restarted.elapsed()
+    ));
+    // R2 gets nas by the registrar's put, well before a republication... or at one.
+    poll_until(BOUND, || (records_held(&r2_home) >= 2).then_some(()))
+        .unwrap_or_else(|| panic!("R2 never held nas:\n{}", r2.log.text()));
+
+    // kill -9 of both relays and a restart: every name resolves on members with a cold cache.
+    r1.signal("KILL");
+    r2.signal("KILL");
+    let _ = (r1.wait(), r2.wait());
+    let _r1 = start_relay(&r1_home);
+    let _r2 = start_relay(&r2_home);
+    drop((c, d));
+    let _c = Daemon::start(&home_c);
+    let _d = Daemon::start(&home_d);
+    for (home, who) in [(&home_c, "C"), (&home_d, "D (R2 only)")] {
+        for (name, owner) in [("home.lab.p2p", &home_a.peer_id), ("nas.lab.p2p", &home_b.peer_id)] {
+            let found = poll_until(BOUND, || {
+                let out = resolve(home, name);
+                out.status.success().then(|| resolved_peer(&out))
+            });
+            assert_eq!(found.map(|f| f.0).as_ref(), Some(owner), "{who} resolves {name}");
+        }
+    }
+    drop((a, b));
+}

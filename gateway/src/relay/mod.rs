@@ -555,10 +555,10 @@ impl RelayNode {
                     return;
                 }
                 debug!(from = %source, host, serial = record.serial, "replicated record stored");
-                if let Some(writer) = &self.write_behind {
-                    if let Some(signed) = replica::held(kad.store_mut(), &registrar, &host) {
-                        writer.put(&host, &signed);
-                    }
+                if let Some(writer) = &self.write_behind
+                    && let Some(signed) = replica::held(kad.store_mut(), &registrar, &host)
+                {
+                    writer.put(&host, &signed);
                 }
             }
             Err(replica::Refused::Same) => {}
