@@ -157,7 +157,18 @@ impl WriteBehind {
         let writer = std::thread::spawn(move || {
             // Ends when every WriteBehind is dropped (the relay stopped).
             while nudged.recv().is_ok() {
-                let snapshot = shared.lock().unwrap_or_else(|e| e.into_inner()).clone();
+                let snapshot = {
+                    let mut held = shared.lock().unwrap_or_else(|e| e.into_inner());
+                    // Records past their life are not worth keeping: the map stays bounded by
+                    // the names alive.
+                    let now = unix_now();
+                    held.retain(|_, text| {
+                        decode_bytes(text).and_then(|b| Record::open(&b).ok()).is_some_and(
+                            |(r, _)| r.expires.saturating_add(CLOCK_SKEW_SECS) >= now,
+                        )
+                    });
+                    held.clone()
+                };
                 match serde_json::to_vec_pretty(&snapshot) {
                     Ok(bytes) => {
                         if let Err(error) = files::write_atomic(&path, &bytes, 0o600) {
