@@ -163,9 +163,9 @@ impl WriteBehind {
                     // the names alive.
                     let now = unix_now();
                     held.retain(|_, text| {
-                        decode_bytes(text).and_then(|b| Record::open(&b).ok()).is_some_and(
-                            |(r, _)| r.expires.saturating_add(CLOCK_SKEW_SECS) >= now,
-                        )
+                        decode_bytes(text)
+                            .and_then(|b| Record::open(&b).ok())
+                            .is_some_and(|(r, _)| r.expires.saturating_add(CLOCK_SKEW_SECS) >= now)
                     });
                     held.clone()
                 };
