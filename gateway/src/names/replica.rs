@@ -56,8 +56,9 @@ pub fn behaviour(
         .set_record_filtering(StoreInserts::FilterBoth)
         .set_replication_interval(Some(republish))
         .set_publication_interval(Some(republish))
-        // kad keeps the smaller of a record's own expiry and this; ours is the record's.
-        .set_record_ttl(Some(Duration::from_secs(u64::from(u32::MAX))))
+        // Only for records put without an expiry (ours always carry the record's own); a year
+        // keeps `Instant` arithmetic far from any overflow.
+        .set_record_ttl(Some(Duration::from_secs(365 * 24 * 3600)))
         .set_provider_publication_interval(None)
         .set_provider_record_ttl(None)
         .set_periodic_bootstrap_interval(None)
