@@ -561,11 +561,7 @@ async fn put_over_replication(
         .with_tcp(tcp::Config::default(), noise::Config::new, yamux::Config::default)
         .unwrap()
         .with_behaviour(|_| Replicator {
-            kad: peerup_gateway::names::replica::behaviour(
-                local,
-                registrar,
-                Duration::from_secs(3600),
-            ),
+            kad: peerup_gateway::names::replica::behaviour(local, registrar),
             ping: libp2p::ping::Behaviour::default(),
         })
         .unwrap()

@@ -64,10 +64,9 @@ fn serve(mut registry: Registry, mut jobs: mpsc::Receiver<Job>, node: Handle) {
     while let Some(job) = jobs.blocking_recv() {
         handle(&mut registry, job);
         for (host, record) in registry.take_issued() {
-            // Never wait on the swarm from here; a put that finds no room is made good by the
-            // next republication.
-            if !node.try_send(Command::PublishName { host, record }) {
-                debug!("the relay is busy: this record goes out with the next republication");
+            // Waits while the swarm's queue is full: no record is left out of replication.
+            if node.blocking_send(Command::PublishName { host, record }).is_err() {
+                return;
             }
         }
     }

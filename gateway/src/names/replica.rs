@@ -3,8 +3,10 @@
 //! Only relays run it: under a private protocol name per network (`/peerup/names-kad/<registrar>/1.0.0`,
 //! never the public DHT's), in server mode, with a routing table filled only from
 //! `relay.registry.peers` (manual inserts), no provider records. The registrar puts every
-//! record it issues; Kademlia's replication and publication jobs (`relay.registry.republish`)
-//! heal a relay that was down or is new. Every record a relay receives is validated before it
+//! record it issues to its listed peers, and every `relay.registry.republish` each relay puts
+//! what it holds to them (`put_record_to`: fixed peers, no iterative lookups, so a relay dials
+//! only the relays it lists, at their configured addresses); that heals a relay that was down
+//! or is new. Every record a relay receives is validated before it
 //! is stored (kad's "stored" reply to the sender means nothing: inserts are filtered here):
 //! signed by the registrar, under the key derived from the registrar and its host, not expired,
 //! and not older than what the relay holds. What a relay holds is kept in memory (kad's store is
@@ -44,18 +46,17 @@ pub fn record_key(registrar: &PeerId, host: &str) -> RecordKey {
 }
 
 /// Kademlia for the relays of one network: private protocol, server mode, manual routing
-/// table, no provider records, replication and publication every `republish`.
-pub fn behaviour(
-    local: PeerId,
-    registrar: &PeerId,
-    republish: Duration,
-) -> kad::Behaviour<MemoryStore> {
+/// table, no provider records, no iterative queries of its own.
+pub fn behaviour(local: PeerId, registrar: &PeerId) -> kad::Behaviour<MemoryStore> {
     let mut config = kad::Config::new(protocol(registrar));
     config
         .set_kbucket_inserts(BucketInserts::Manual)
         .set_record_filtering(StoreInserts::FilterBoth)
-        .set_replication_interval(Some(republish))
-        .set_publication_interval(Some(republish))
+        // kad's own jobs re-put every record through an iterative lookup, which dials whatever
+        // addresses the answering peers hand out: the relay puts to its listed peers itself
+        // (`put_record_to`, fixed peers, no lookups) every `republish` instead.
+        .set_replication_interval(None)
+        .set_publication_interval(None)
         // Only for records put without an expiry (ours always carry the record's own); a year
         // keeps `Instant` arithmetic far from any overflow.
         .set_record_ttl(Some(Duration::from_secs(365 * 24 * 3600)))

@@ -94,10 +94,10 @@ impl Handle {
         answer.await.map_err(|_| "the node is shutting down".to_owned())?
     }
 
-    /// Queue a command if there is room now (from a thread outside the runtime, such as the
-    /// registrar's, which must never wait on the swarm's task). Returns whether it was queued.
-    pub fn try_send(&self, command: Command) -> bool {
-        self.commands.try_send(command).is_ok()
+    /// Queue a command from a thread outside the runtime (the registrar's), waiting for room;
+    /// the swarm's task never waits on that thread, so this cannot deadlock.
+    pub fn blocking_send(&self, command: Command) -> Result<(), Stopped> {
+        self.commands.blocking_send(command).map_err(|_| Stopped)
     }
 
     /// A status snapshot.

@@ -76,10 +76,6 @@ impl RelayDaemon {
             Some(registry) => {
                 setup.records = registry.live_records(crate::names::record::unix_now());
                 let (registry, thread) = registrar::start(registry, handle.clone());
-                let reserved = reserved_names(&config.relay.registry.names);
-                if let Err(error) = registry.reserve(reserved).await {
-                    warn!(%error, "relay.registry.names could not be applied");
-                }
                 (Some(registry), Some(thread))
             }
             None => {
@@ -117,6 +113,14 @@ impl RelayDaemon {
         state.libp2p = node.listen_addresses().iter().map(ToString::to_string).collect();
         let stop = CancellationToken::new();
         let node_task = tokio::spawn(node.run(stop.clone(), commands));
+        // The reserved names, once the node runs: the records they issue go to it to be put to
+        // the other relays (the registrar thread waits for room in its queue).
+        if let Some(registry) = &registry {
+            let reserved = reserved_names(&config.relay.registry.names);
+            if let Err(error) = registry.reserve(reserved).await {
+                warn!(%error, "relay.registry.names could not be applied");
+            }
+        }
         let reloader = MembersReload {
             path: members_path,
             config: home.config(),

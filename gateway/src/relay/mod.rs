@@ -122,6 +122,11 @@ pub struct RelayNode {
     registrar: Option<PeerId>,
     replication_peers: Vec<PeerId>,
     write_behind: Option<WriteBehind>,
+    /// Every record held goes to the listed peers this often.
+    republish: std::time::Duration,
+    /// Whether this relay has heard from the network (it held records at start, or a peer put
+    /// one): until then it cannot say a name does not exist.
+    synced: bool,
 }
 
 /// Claims (register, renew, release) one member may send per minute, and as many at once.
@@ -247,9 +252,7 @@ impl RelayNode {
                     libp2p::request_response::ProtocolSupport::Inbound,
                 ),
                 kad: Toggle::from(
-                    names_setup.registrar.map(|registrar| {
-                        replica::behaviour(peer, &registrar, names_setup.republish)
-                    }),
+                    names_setup.registrar.map(|registrar| replica::behaviour(peer, &registrar)),
                 ),
             })
             .map_err(|e| NodeError::Build(e.to_string()))?
@@ -267,6 +270,8 @@ impl RelayNode {
             registrar: names_setup.registrar,
             replication_peers: names_setup.peers.iter().map(|p| p.peer).collect(),
             write_behind: names_setup.write_behind,
+            republish: names_setup.republish.max(std::time::Duration::from_secs(1)),
+            synced: !names_setup.records.is_empty(),
         };
         node.seed_replication(&names_setup.peers, names_setup.records);
         Ok(node)
@@ -326,9 +331,12 @@ impl RelayNode {
 
     /// Serve until `stop`, answering `commands`.
     pub async fn run(mut self, stop: CancellationToken, mut commands: mpsc::Receiver<Command>) {
+        let mut republish = tokio::time::interval(self.republish);
+        republish.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
             tokio::select! {
                 () = stop.cancelled() => return,
+                _ = republish.tick(), if self.registrar.is_some() => self.republish_all(),
                 Some(command) = commands.recv() => self.on_command(command),
                 Some((channel, response)) = self.answering.next(), if !self.answering.is_empty() => {
                     let _ = self.swarm.behaviour_mut().names.send_response(channel, response);
@@ -507,10 +515,37 @@ impl RelayNode {
     fn publish(&mut self, host: &str, signed: Vec<u8>) {
         let Some(registrar) = self.registrar else { return };
         let Ok(record) = Record::verify(&signed, &registrar, host, unix_now()) else { return };
+        let me = *self.swarm.local_peer_id();
+        let peers = self.replication_peers.clone();
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
-        let record = replica::kad_record(&registrar, &record, signed, None);
-        if let Err(error) = kad.put_record(record, kad::Quorum::One) {
+        let record = replica::kad_record(&registrar, &record, signed, Some(me));
+        if let Err(error) = kad.store_mut().put(record.clone()) {
             warn!(%error, host, "cannot hold a record for replication");
+        }
+        if !peers.is_empty() {
+            kad.put_record_to(record, peers.into_iter(), kad::Quorum::One);
+        }
+    }
+
+    /// Put every valid record held to the listed peers (a relay that was down or is new gets
+    /// them all within one interval).
+    fn republish_all(&mut self) {
+        let Some(registrar) = self.registrar else { return };
+        let peers = self.replication_peers.clone();
+        if peers.is_empty() {
+            return;
+        }
+        let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
+        let now = unix_now();
+        let valid = |r: &kad::Record| {
+            Record::open(&r.value)
+                .is_ok_and(|(rec, _)| Record::verify(&r.value, &registrar, &rec.host, now).is_ok())
+        };
+        let records: Vec<kad::Record> =
+            kad.store_mut().records().filter(|r| valid(r)).map(|r| r.into_owned()).collect();
+        debug!(records = records.len(), "republishing to the network's other relays");
+        for record in records {
+            kad.put_record_to(record, peers.clone().into_iter(), kad::Quorum::One);
         }
     }
 
@@ -529,7 +564,13 @@ impl RelayNode {
             Some(signed) => {
                 NamesResponse::Record { record: names::protocol::encode_bytes(&signed) }
             }
-            None => NamesResponse::NotFound,
+            None if self.synced => NamesResponse::NotFound,
+            // Never heard from the network: it cannot tell a missing name from one not yet
+            // received.
+            None => NamesResponse::Refused {
+                code: Refusal::Unavailable,
+                message: "this relay has not received the network's names yet".into(),
+            },
         }
     }
 
@@ -543,6 +584,11 @@ impl RelayNode {
             return;
         };
         let Some(registrar) = self.registrar else { return };
+        // Only the relays this one lists replicate into it (a member may speak the protocol).
+        if !self.replication_peers.contains(&source) {
+            info!(from = %source, "replicated record refused: not one of relay.registry.peers");
+            return;
+        }
         let Some(kad) = self.swarm.behaviour_mut().kad.as_mut() else { return };
         let held = kad.store_mut().get(&offered.key).map(|r| r.into_owned());
         match replica::validate(&offered, &registrar, held.as_ref(), unix_now()) {
@@ -555,13 +601,14 @@ impl RelayNode {
                     return;
                 }
                 debug!(from = %source, host, serial = record.serial, "replicated record stored");
+                self.synced = true;
                 if let Some(writer) = &self.write_behind
                     && let Some(signed) = replica::held(kad.store_mut(), &registrar, &host)
                 {
                     writer.put(&host, &signed);
                 }
             }
-            Err(replica::Refused::Same) => {}
+            Err(replica::Refused::Same) => self.synced = true,
             Err(why) => info!(from = %source, %why, "replicated record refused"),
         }
     }
