@@ -165,7 +165,7 @@ fn open_registry(
     match settings.registrar.map(|r| r.peer(me)) {
         Some(registrar) if registrar == me => {}
         Some(registrar) => {
-            info!(%registrar, "names: another relay is the registrar; this one holds no names (lookups are refused, so members ask the registrar)");
+            info!(%registrar, "names: another relay is the registrar");
             return Ok(None);
         }
         None => return Ok(None),

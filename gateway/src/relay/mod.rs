@@ -435,10 +435,10 @@ impl RelayNode {
             SwarmEvent::Behaviour(RelayBehaviourEvent::Names(event)) => self.on_names(event),
             SwarmEvent::Behaviour(RelayBehaviourEvent::Kad(event)) => self.on_kad(event),
             SwarmEvent::ConnectionEstablished { peer_id, endpoint, .. } => {
-                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), "member connected");
+                debug!(peer = %peer_id, addr = %endpoint.get_remote_address(), member = self.access.is_member(&peer_id), "connected");
             }
             SwarmEvent::ConnectionClosed { peer_id, num_established: 0, .. } => {
-                debug!(peer = %peer_id, "member disconnected");
+                debug!(peer = %peer_id, "disconnected");
                 self.traffic.peer_gone(&peer_id);
             }
             SwarmEvent::NewListenAddr { address, .. } => {
