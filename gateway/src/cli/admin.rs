@@ -1,6 +1,6 @@
 //! The commands that manage a home: init, id, auth, config check, resolve.
 
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 use std::path::{Path, PathBuf};
 
 use clap::Subcommand;
@@ -457,25 +457,7 @@ pub(super) fn resolve_failure(answer: &serde_json::Value) -> Option<Failure> {
 /// Remove the pin of a name: through the running daemon (whose file it is), else in the file.
 pub(super) async fn forget(home: &Home, text: &str) -> Result<(), Failure> {
     let request = serde_json::json!({ "command": "forget", "name": text });
-    let answer = match crate::runtime::State::read(home) {
-        Some(state) if state.role == "gateway" => {
-            match crate::control::request_value(&state.control, request).await {
-                Ok(answer) => Some(answer),
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
-                {
-                    None
-                }
-                Err(e) => {
-                    return Err(Failure::new(
-                        Exit::Unreachable,
-                        format!("the daemon did not answer: {e}"),
-                    ));
-                }
-            }
-        }
-        _ => None,
-    };
+    let answer = super::ask_daemon(super::gateway_socket(home), request).await?;
     let answer = match answer {
         Some(answer) => answer,
         None => {
@@ -502,24 +484,7 @@ pub(super) async fn forget(home: &Home, text: &str) -> Result<(), Failure> {
 /// local names.
 pub(super) async fn resolve(home: &Home, text: &str, json: bool) -> Result<(), Failure> {
     let request = serde_json::json!({ "command": "resolve", "name": text });
-    let through_daemon = match crate::runtime::State::read(home) {
-        Some(state) if state.role == "gateway" => {
-            match crate::control::request_value(&state.control, request).await {
-                Ok(answer) => Some(answer),
-                // A state.json left by a daemon that died: nobody listens; use the local names.
-                Err(e)
-                    if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) =>
-                {
-                    None
-                }
-                Err(e) => {
-                    let message = format!("the daemon did not answer: {e}");
-                    return Err(Failure::new(Exit::Unreachable, message));
-                }
-            }
-        }
-        _ => None,
-    };
+    let through_daemon = super::ask_daemon(super::gateway_socket(home), request).await?;
     let answer = match through_daemon {
         Some(answer) => answer,
         None => {

@@ -137,6 +137,32 @@ fn not_running(home: &Home) -> Failure {
     )
 }
 
+/// Ask the daemon listening on `socket`, if any: `Ok(None)` when nobody listens there (no
+/// daemon, or a state.json left by one that died), so the caller works on the files instead.
+async fn ask_daemon(
+    socket: Option<PathBuf>,
+    request: serde_json::Value,
+) -> Result<Option<serde_json::Value>, Failure> {
+    let Some(socket) = socket else { return Ok(None) };
+    match crate::control::request_value(&socket, request).await {
+        Ok(answer) => Ok(Some(answer)),
+        Err(e)
+            if matches!(
+                e.kind(),
+                std::io::ErrorKind::NotFound | std::io::ErrorKind::ConnectionRefused
+            ) =>
+        {
+            Ok(None)
+        }
+        Err(e) => Err(Failure::new(Exit::Unreachable, format!("the daemon did not answer: {e}"))),
+    }
+}
+
+/// The control socket of the gateway running in `home`, as its state.json names it.
+fn gateway_socket(home: &Home) -> Option<PathBuf> {
+    crate::runtime::State::read(home).filter(|s| s.role == "gateway").map(|s| s.control)
+}
+
 pub fn main() -> ExitCode {
     let cli = Cli::parse();
     crate::logging::init(cli.verbose, cli.quiet);

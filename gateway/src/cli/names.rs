@@ -2,15 +2,15 @@
 //! Through the running relay's control socket when it runs (the store is its), else on the
 //! store in the home directly.
 
-use std::io::{ErrorKind, Write};
+use std::io::Write;
 
 use clap::Subcommand;
 
-use super::{Exit, Failure};
+use super::Failure;
 use crate::config::Config;
 use crate::files::Home;
 use crate::names::record::unix_now;
-use crate::names::store::{Listed, Policy, Registry, STORE_FILE, reserved_names};
+use crate::names::store::{Listed, Policy, Registry, STORE_FILE};
 use crate::runtime::State;
 
 #[derive(Debug, Subcommand)]
@@ -41,21 +41,7 @@ pub(super) async fn run(home: &Home, command: NamesCommand) -> Result<(), Failur
     let socket = State::read(home)
         .map(|state| state.control)
         .or_else(|| crate::control::socket_path(home).ok());
-    let answer = match socket {
-        Some(socket) => match crate::control::request_value(&socket, request).await {
-            Ok(answer) => Some(answer),
-            Err(e) if matches!(e.kind(), ErrorKind::NotFound | ErrorKind::ConnectionRefused) => {
-                None
-            }
-            Err(e) => {
-                return Err(Failure::new(
-                    Exit::Unreachable,
-                    format!("the relay did not answer: {e}"),
-                ));
-            }
-        },
-        None => None,
-    };
+    let answer = super::ask_daemon(socket, request).await?;
     let answer = match answer {
         Some(answer) => answer,
         None => offline(home, &command)?,
@@ -111,14 +97,8 @@ fn offline(home: &Home, command: &NamesCommand) -> Result<serde_json::Value, Fai
             home.config().display()
         )));
     }
-    let policy = Policy {
-        lifetime_secs: settings.lifetime.0.as_secs(),
-        grace_secs: settings.grace.0.as_secs(),
-        max_per_key: settings.max_names_per_key,
-        reserved: reserved_names(&settings.names),
-    };
-    let mut registry =
-        Registry::open(&home.join(STORE_FILE.as_ref()), key, policy).map_err(Failure::usage)?;
+    let mut registry = Registry::open(&home.join(STORE_FILE.as_ref()), key, Policy::of(settings))
+        .map_err(Failure::usage)?;
     Ok(match command {
         NamesCommand::List { .. } => serde_json::json!({ "names": registry.list(unix_now()) }),
         NamesCommand::Release { host } => {

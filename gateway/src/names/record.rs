@@ -163,6 +163,20 @@ impl Record {
         Ok(record)
     }
 
+    /// A record as it travels in a message (multibase base64), verified as [`Record::verify`]
+    /// does; the reason it is refused comes escaped (it may quote the sender's text).
+    pub fn from_wire(
+        text: &str,
+        registrar: &PeerId,
+        host: &str,
+        now: u64,
+    ) -> Result<Record, String> {
+        let bytes =
+            super::protocol::decode_bytes(text).ok_or_else(|| "is not base64".to_owned())?;
+        Record::verify(&bytes, registrar, host, now)
+            .map_err(|e| crate::logging::escaped(&e.to_string()))
+    }
+
     /// The owner as a peer ID (`None` for a tombstone).
     pub fn owner_peer(&self) -> Option<PeerId> {
         self.owner.as_deref().and_then(|o| parse_peer(o).ok())

@@ -14,7 +14,7 @@ use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use super::protocol::{NamesRequest, NamesResponse, Refusal, decode_bytes, encode_bytes};
+use super::protocol::{NamesRequest, NamesResponse, Refusal, encode_bytes};
 use super::record::{Action, Claim, Record, unix_now};
 use crate::config::{Config, RelayAddr};
 use crate::files;
@@ -68,6 +68,19 @@ pub struct RegistrationStatus {
 /// (`NETWORK HOST` per line), so that a changed or removed `register_as` releases the old name
 /// instead of leaving it held.
 pub const REGISTERED_FILE: &str = "registered_names";
+
+impl RegistrationStatus {
+    /// Not registered (yet): asking.
+    fn trying(name: &str) -> RegistrationStatus {
+        RegistrationStatus {
+            name: name.to_owned(),
+            state: "trying".into(),
+            serial: None,
+            expires: None,
+            error: None,
+        }
+    }
+}
 
 /// Every registration's latest outcome, shared with the node's status, and the names this
 /// node holds (kept in [`REGISTERED_FILE`] when a home is given).
@@ -168,19 +181,17 @@ pub async fn release_stale(
     loop {
         let claim = Claim::new(&key, registrar.peer, host, Action::Release, unix_now()).sign(&key);
         let request = NamesRequest::Release { claim: encode_bytes(&claim) };
-        let asked = node.names(registrar.peer, vec![registrar.full()], request);
-        match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT * 2, asked).await {
-            Ok(Ok(NamesResponse::Record { .. })) => {
+        match ask(&node, registrar, request, CLAIM_TIMEOUT).await {
+            Ok(NamesResponse::Record { .. }) => {
                 info!(name, "released the name this node registered before (register_as changed)");
                 break;
             }
-            Ok(Ok(NamesResponse::Refused { message, .. })) => {
+            Ok(NamesResponse::Refused { message, .. }) => {
                 info!(name, why = message, "the name registered before is not ours any more");
                 break;
             }
-            Ok(Ok(NamesResponse::NotFound)) => break,
-            Ok(Err(error)) => debug!(name, %error, "cannot release the old name yet"),
-            Err(_) => debug!(name, "cannot release the old name yet: no answer"),
+            Ok(NamesResponse::NotFound) => break,
+            Err(error) => debug!(name, %error, "cannot release the old name yet"),
         }
         let pause = next_backoff(&mut backoff);
         tokio::select! {
@@ -211,13 +222,7 @@ pub async fn keep_registered(
     let Registration { network, host, registrar } = &registration;
     let name = format!("{host}.{network}");
     let me = key.public().to_peer_id();
-    board.set(RegistrationStatus {
-        name: name.clone(),
-        state: "trying".into(),
-        serial: None,
-        expires: None,
-        error: None,
-    });
+    board.set(RegistrationStatus::trying(&name));
     let mut backoff = FIRST_BACKOFF;
     let mut last_said: Option<String> = None;
     loop {
@@ -291,13 +296,7 @@ pub async fn keep_registered(
                     s.state == "registered" && s.expires.is_some_and(|e| e > unix_now())
                 });
                 if !still {
-                    status = Some(RegistrationStatus {
-                        name: name.clone(),
-                        state: "trying".into(),
-                        serial: None,
-                        expires: None,
-                        error: None,
-                    });
+                    status = Some(RegistrationStatus::trying(&name));
                 }
                 if let Some(mut status) = status {
                     status.error = Some(format!("registrar unreachable: {error}"));
@@ -336,17 +335,32 @@ const CHECK_EVERY: Duration = Duration::from_secs(60);
 /// renewal will tell).
 async fn still_ours(me: PeerId, host: &Label, registrar: &RelayAddr, node: &Handle) -> bool {
     let request = NamesRequest::Lookup { host: host.to_string() };
-    let asked = node.names(registrar.peer, vec![registrar.full()], request);
-    match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT, asked).await {
-        Ok(Ok(NamesResponse::Record { record })) => decode_bytes(&record)
-            .and_then(|bytes| {
-                Record::verify(&bytes, &registrar.peer, host.as_str(), unix_now()).ok()
-            })
-            .is_none_or(|record| record.owner_peer() == Some(me)),
-        Ok(Ok(NamesResponse::NotFound)) => false,
+    match ask(node, registrar, request, super::tier::LOOKUP_TIMEOUT).await {
+        Ok(NamesResponse::Record { record }) => {
+            Record::from_wire(&record, &registrar.peer, host.as_str(), unix_now())
+                .map_or(true, |record| record.owner_peer() == Some(me))
+        }
+        Ok(NamesResponse::NotFound) => false,
         _ => true,
     }
 }
+
+/// Send `request` to the registrar and wait for its answer at most `within`.
+async fn ask(
+    node: &Handle,
+    registrar: &RelayAddr,
+    request: NamesRequest,
+    within: Duration,
+) -> Result<NamesResponse, String> {
+    let asked = node.names(registrar.peer, vec![registrar.full()], request);
+    match tokio::time::timeout(within, asked).await {
+        Ok(answer) => answer,
+        Err(_) => Err("no answer in time".into()),
+    }
+}
+
+/// How long a claim may take to be answered (the registrar writes it to disk first).
+const CLAIM_TIMEOUT: Duration = Duration::from_secs(10);
 
 fn next_backoff(backoff: &mut Duration) -> Duration {
     let now = *backoff;
@@ -363,20 +377,13 @@ async fn attempt(
 ) -> Outcome {
     let claim = Claim::new(key, registrar.peer, host, Action::Register, unix_now()).sign(key);
     let request = NamesRequest::Register { claim: encode_bytes(&claim) };
-    let asked = node.names(registrar.peer, vec![registrar.full()], request);
-    let answer = match tokio::time::timeout(super::tier::LOOKUP_TIMEOUT * 2, asked).await {
-        Ok(Ok(answer)) => answer,
-        Ok(Err(error)) => return Outcome::Failed(error),
-        Err(_) => return Outcome::Failed("no answer in time".into()),
+    let answer = match ask(node, registrar, request, CLAIM_TIMEOUT).await {
+        Ok(answer) => answer,
+        Err(error) => return Outcome::Failed(error),
     };
     match answer {
         NamesResponse::Record { record } => {
-            let verified =
-                decode_bytes(&record).ok_or_else(|| "not base64".to_owned()).and_then(|bytes| {
-                    Record::verify(&bytes, &registrar.peer, host.as_str(), unix_now())
-                        .map_err(|e| escaped(&e.to_string()))
-                });
-            match verified {
+            match Record::from_wire(&record, &registrar.peer, host.as_str(), unix_now()) {
                 Ok(record) if record.owner_peer() == Some(me) => Outcome::Registered(record),
                 Ok(_) => {
                     Outcome::Failed("the registrar answered with a record for another key".into())

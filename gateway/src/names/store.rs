@@ -43,6 +43,18 @@ pub struct Policy {
     pub reserved: BTreeMap<String, PeerId>,
 }
 
+impl Policy {
+    /// The rules `relay.registry` sets.
+    pub fn of(settings: &crate::config::Registry) -> Policy {
+        Policy {
+            lifetime_secs: settings.lifetime.0.as_secs(),
+            grace_secs: settings.grace.0.as_secs(),
+            max_per_key: settings.max_names_per_key,
+            reserved: reserved_names(&settings.names),
+        }
+    }
+}
+
 /// What the store keeps for one name.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]

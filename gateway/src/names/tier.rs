@@ -19,7 +19,7 @@ use peerup_resolver::{Label, Resolution, Resolve, ResolveError, Tier, TierAnswer
 use tracing::{debug, warn};
 
 use super::pins::{Pins, Verdict};
-use super::protocol::{NamesRequest, NamesResponse, decode_bytes};
+use super::protocol::{NamesRequest, NamesResponse};
 use super::record::{Record, shaped_like_a_peer, unix_now};
 use crate::config::{Config, RelayAddr};
 use crate::logging::escaped;
@@ -106,13 +106,7 @@ impl RegistryTier {
                 Heard::Failed(format!("relay {} refused: {}", relay.peer, escaped(&message)))
             }
             NamesResponse::Record { record } => {
-                let verified = decode_bytes(&record)
-                    .ok_or_else(|| "not base64".to_owned())
-                    .and_then(|bytes| {
-                        Record::verify(&bytes, registrar, host, unix_now())
-                            .map_err(|e| escaped(&e.to_string()))
-                    });
-                match verified {
+                match Record::from_wire(&record, registrar, host, unix_now()) {
                     Ok(record) => Heard::Record(record),
                     Err(why) => {
                         warn!(relay = %relay.peer, host, why, "refused a name record from a relay");

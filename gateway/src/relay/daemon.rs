@@ -170,12 +170,7 @@ fn open_registry(
         }
         None => return Ok(None),
     }
-    let policy = Policy {
-        lifetime_secs: settings.lifetime.0.as_secs(),
-        grace_secs: settings.grace.0.as_secs(),
-        max_per_key: settings.max_names_per_key,
-        reserved: reserved_names(&settings.names),
-    };
+    let policy = Policy::of(settings);
     let registry = Registry::open(&home.join(STORE_FILE.as_ref()), keypair.clone(), policy)?;
     info!(names = registry.len(), network = %settings.network, "names: this relay is the registrar");
     Ok(Some(registry))
