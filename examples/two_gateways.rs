@@ -55,7 +55,7 @@ async fn main() -> anyhow::Result<()> {
     let b = Daemon::start(home_b).await?;
 
     let socks = b.state().socks.ok_or_else(|| anyhow::anyhow!("B has no SOCKS listener"))?;
-    let mut socket = connect_via(socks, "home.alice.p2p", 7).await?;
+    let mut socket = connect_via(socks, "home.alice.p2p", 7, None).await?;
     let mut reply = String::new();
     socket.read_to_string(&mut reply).await?;
     print!("B reached home.alice.p2p:7 and read: {reply}");

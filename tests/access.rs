@@ -185,14 +185,17 @@ async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
     home.write_config("");
     let node = Daemon::start(&home);
     let garbage: &[&[u8]] = &[
-        b"GET / HTTP/1.1\r\n\r\n",
+        &[0x00, 0x01, 0x02],
+        &[0x16, 0x03, 0x01, 0x00, 0x05],
         &[0x05],
         &[0x05, 0x00],
         &[0x05, 0xff, 0x01],
         &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x09, 1, 2, 3, 4],
         &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, 0x00, 0x00, 0x50],
         &[0x05, 0x01, 0x00, 0x05, 0x01, 0x00, 0x03, 0x02, 0xff, 0xfe, 0x00, 0x50],
-        &[0x04, 0x01, 0x00, 0x50, 127, 0, 0, 1, 0],
+        &[0x04, 0x09, 0x00, 0x50, 127, 0, 0, 1, 0],
+        &[0x04, 0x01, 0x00, 0x50, 0, 0, 0, 1, 0, b'a', b' ', b'b', 0],
+        &[0x04, 0x01, 0x00, 0x50, 127, 0, 0],
     ];
     for bytes in garbage {
         let mut socket = tokio::net::TcpStream::connect(node.socks()).await.unwrap();
@@ -206,7 +209,9 @@ async fn malformed_socks_bytes_get_a_clean_close_and_the_proxy_keeps_serving() {
             reply.len() <= 12,
             "{bytes:?}: at most a method choice and a failure reply: {reply:?}"
         );
-        if reply.len() > 2 {
+        if bytes[0] == 0x04 {
+            assert_ne!(reply.get(1), Some(&0x5A), "{bytes:?}: never a SOCKS4 grant");
+        } else if reply.len() > 2 {
             assert_ne!(reply.get(3), Some(&0x00), "{bytes:?}: never a success reply");
         }
     }

@@ -136,7 +136,7 @@ impl Gateway {
             let kind = match &e {
                 ResolveError::NoSuchName(_) => FailureKind::NoSuchName,
                 // A registry that cannot be asked now: not "no such name".
-                ResolveError::Unavailable { .. } => FailureKind::Unreachable,
+                ResolveError::Unavailable { .. } => FailureKind::NameServiceUnreachable,
                 // A pinned name answered with another peer.
                 ResolveError::Refused { .. } => FailureKind::NotAllowed,
             };

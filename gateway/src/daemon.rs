@@ -15,7 +15,7 @@ use std::time::{Duration, SystemTime};
 
 use libp2p::Multiaddr;
 use libp2p::identity::Keypair;
-use peerup_proxy::{SocksConfig, SocksServer};
+use peerup_proxy::{ProxyConfig, ProxyServer};
 use peerup_resolver::{LocalNames, ReloadableNames, Resolve, Tiers};
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -161,7 +161,7 @@ impl Daemon {
         )?;
         let listen: Vec<Multiaddr> = config.listen.iter().map(|a| a.0.clone()).collect();
         node.listen(&listen).await?;
-        let socks = bind_socks(&config).await?;
+        let socks = bind_socks(&config, &home).await?;
         let socks_addr = socks.local_addr().map_err(|source| socks_error(&config, source))?;
 
         let (handle, commands) = Handle::new();
@@ -312,18 +312,21 @@ fn socks_error(config: &Config, source: std::io::Error) -> StartError {
     StartError::Socks { addr: config.socks.listen, source }
 }
 
-async fn bind_socks(config: &Config) -> Result<SocksServer, StartError> {
-    let socks_config = SocksConfig {
+async fn bind_socks(config: &Config, home: &crate::files::Home) -> Result<ProxyServer, StartError> {
+    let proxy_config = ProxyConfig {
         handshake_timeout: config.socks.handshake_timeout.0,
         max_connections: config.socks.max_clients,
+        auth: config.proxy_credentials(home)?,
+        same_user: config.socks.same_user,
+        suffix: config.dns.suffix.0.to_string(),
     };
-    let socks = SocksServer::bind(config.socks.listen, socks_config)
+    let socks = ProxyServer::bind(config.socks.listen, proxy_config)
         .await
         .map_err(|source| socks_error(config, source))?;
     if let Ok(addr) = socks.local_addr()
         && !addr.ip().is_loopback()
     {
-        warn!(%addr, "the SOCKS listener is not on loopback: other machines can use it");
+        warn!(%addr, "the proxy listener is not on loopback: other machines can use it");
     }
     Ok(socks)
 }

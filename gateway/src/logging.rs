@@ -29,6 +29,11 @@ pub fn init(verbose: u8, quiet: bool) {
         "warn,peerup={ours},peerup_gateway={ours},peerup_proxy={ours},peerup_resolver={ours}"
     );
     let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default));
+    // fast-socks5 logs a client's password at debug: never below warn, whatever RUST_LOG says.
+    let filter = match "fast_socks5=warn".parse() {
+        Ok(directive) => filter.add_directive(directive),
+        Err(_) => filter,
+    };
     // Colour only for a person at a terminal, never into a log file or a pipe.
     let colour = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let _ = tracing_subscriber::fmt()

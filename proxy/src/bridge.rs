@@ -120,6 +120,62 @@ impl<L: Leg, R: Leg> Leg for Either<L, R> {
     }
 }
 
+/// For a wrapper around a leg that changes only what is read: `AsyncWrite` and [`Leg`] go
+/// straight to its `inner` field.
+macro_rules! delegate_leg {
+    ($wrapper:ident) => {
+        impl<L: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for $wrapper<L> {
+            fn poll_write(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+                buf: &[u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+            }
+
+            fn poll_flush(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+            }
+
+            fn poll_shutdown(
+                mut self: std::pin::Pin<&mut Self>,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Result<()>> {
+                std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+            }
+        }
+
+        impl<L: $crate::bridge::Leg> $crate::bridge::Leg for $wrapper<L> {
+            fn start(&mut self) {
+                self.inner.start();
+            }
+
+            fn is_tunnel(&self) -> bool {
+                self.inner.is_tunnel()
+            }
+
+            fn poll_abnormal(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+            ) -> std::task::Poll<std::io::Error> {
+                self.inner.poll_abnormal(cx)
+            }
+
+            async fn finish(self) {
+                self.inner.finish().await;
+            }
+
+            async fn abort(self) {
+                self.inner.abort().await;
+            }
+        }
+    };
+}
+pub(crate) use delegate_leg;
+
 /// Any byte stream with no way to signal a reset (stdin/stdout of `peerup connect`): an
 /// abnormal end just closes it, and the caller reports the failure another way.
 #[derive(Debug)]

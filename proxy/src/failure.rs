@@ -14,6 +14,8 @@ pub enum FailureKind {
     NoSuchName,
     /// The peer is offline or there is no path to it.
     Unreachable,
+    /// The name's registry could not be asked now (no relay of its network answered).
+    NameServiceUnreachable,
     /// A path existed but the peer did not answer in time.
     TimedOut,
     /// Not authorized: the service's list, the peer's handshake gate, a pinned name answered
@@ -37,7 +39,9 @@ impl FailureKind {
     /// The SOCKS5 reply (RFC 1928 §6) for this failure: the one place this is decided.
     pub fn socks5_reply(self) -> ReplyError {
         match self {
-            FailureKind::NoSuchName | FailureKind::Unreachable => ReplyError::HostUnreachable,
+            FailureKind::NoSuchName
+            | FailureKind::Unreachable
+            | FailureKind::NameServiceUnreachable => ReplyError::HostUnreachable,
             FailureKind::TimedOut => ReplyError::ConnectionTimeout,
             FailureKind::NotAllowed => ReplyError::ConnectionNotAllowed,
             FailureKind::NoSuchService | FailureKind::Refused | FailureKind::ServiceTimeout => {
@@ -45,6 +49,27 @@ impl FailureKind {
             }
             FailureKind::CommandNotSupported => ReplyError::CommandNotSupported,
             FailureKind::Busy | FailureKind::General => ReplyError::GeneralFailure,
+        }
+    }
+
+    /// The SOCKS4/4a reply code: 0x5A granted, 0x5B for every failure (SOCKS4 has no other).
+    pub fn socks4_reply(self) -> u8 {
+        0x5B
+    }
+
+    /// The HTTP proxy status for this failure: the one place this is decided.
+    pub fn http_status(self) -> u16 {
+        match self {
+            FailureKind::NotAllowed => 403,
+            FailureKind::TimedOut | FailureKind::ServiceTimeout => 504,
+            FailureKind::Busy => 503,
+            FailureKind::CommandNotSupported => 501,
+            FailureKind::NoSuchName
+            | FailureKind::Unreachable
+            | FailureKind::NameServiceUnreachable
+            | FailureKind::NoSuchService
+            | FailureKind::Refused
+            | FailureKind::General => 502,
         }
     }
 
@@ -70,6 +95,7 @@ impl FailureKind {
         match self {
             FailureKind::NoSuchName => "no such name",
             FailureKind::Unreachable => "peer unreachable",
+            FailureKind::NameServiceUnreachable => "name service unreachable",
             FailureKind::TimedOut => "peer did not answer in time",
             FailureKind::NotAllowed => "not authorized",
             FailureKind::NoSuchService => "no such service",
@@ -117,5 +143,25 @@ mod tests {
         assert_eq!(ServiceTimeout.socks5_reply().as_u8(), 0x05);
         assert_eq!(CommandNotSupported.socks5_reply().as_u8(), 0x07);
         assert_eq!(General.socks5_reply().as_u8(), 0x01);
+        assert_eq!(Busy.socks5_reply().as_u8(), 0x01);
+        assert_eq!(NameServiceUnreachable.socks5_reply().as_u8(), 0x04);
+    }
+
+    #[test]
+    fn http_statuses_follow_the_product_table() {
+        for (kind, status) in [
+            (NoSuchName, 502),
+            (Unreachable, 502),
+            (TimedOut, 504),
+            (NotAllowed, 403),
+            (NoSuchService, 502),
+            (Refused, 502),
+            (NameServiceUnreachable, 502),
+            (Busy, 503),
+            (ServiceTimeout, 504),
+        ] {
+            assert_eq!(kind.http_status(), status, "{kind}");
+            assert_eq!(kind.socks4_reply(), 0x5B, "{kind}");
+        }
     }
 }

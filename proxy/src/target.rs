@@ -31,3 +31,14 @@ impl From<fast_socks5::util::target_addr::TargetAddr> for Target {
         }
     }
 }
+
+impl Target {
+    /// A host and port as a client wrote them: an IP literal is an address, anything else a
+    /// name (kept verbatim).
+    pub fn name(host: String, port: u16) -> Target {
+        match host.parse::<std::net::IpAddr>() {
+            Ok(ip) => Target::Addr(SocketAddr::new(ip, port)),
+            Err(_) => Target::Name { host, port },
+        }
+    }
+}

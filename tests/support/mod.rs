@@ -5,7 +5,7 @@
 //! its bound addresses come from there. The local services the tests tunnel to are small tokio
 //! servers bound to port 0.
 
-#![allow(dead_code, unreachable_pub, clippy::unwrap_used)]
+#![allow(dead_code, unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 
 pub mod services;
 pub mod socks;
@@ -99,7 +99,7 @@ pub struct Log {
 }
 
 impl Log {
-    fn capture(self, stderr: impl std::io::Read + Send + 'static) {
+    pub fn capture(self, stderr: impl std::io::Read + Send + 'static) {
         std::thread::spawn(move || {
             for line in BufReader::new(stderr).lines() {
                 let Ok(line) = line else { break };
@@ -337,5 +337,44 @@ pub fn report(line: String) {
     let path = Path::new(env!("CARGO_TARGET_TMPDIR")).join("measured.txt");
     if let Ok(mut file) = std::fs::OpenOptions::new().create(true).append(true).open(path) {
         let _ = writeln!(file, "{line}");
+    }
+}
+
+/// `peerup forward 127.0.0.1:0 TARGET`, ready once it printed its bound address on stdout.
+pub struct Forward {
+    child: std::process::Child,
+    pub addr: SocketAddr,
+    pub log: Log,
+}
+
+impl Forward {
+    pub fn start(home: &std::path::Path, target: &str) -> Forward {
+        use std::io::BufRead;
+        let mut child = Command::new(BIN)
+            .arg("--home")
+            .arg(home)
+            .args(["forward", "127.0.0.1:0", target])
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()
+            .expect("run peerup forward");
+        let log = Log::default();
+        log.clone().capture(child.stderr.take().unwrap());
+        let mut line = String::new();
+        let mut stdout = std::io::BufReader::new(child.stdout.take().unwrap());
+        stdout.read_line(&mut line).unwrap();
+        let addr = line.trim().parse().unwrap_or_else(|_| {
+            let _ = child.kill();
+            let _ = child.wait();
+            panic!("forward printed no address: {line:?}\n{}", log.text())
+        });
+        Forward { child, addr, log }
+    }
+}
+
+impl Drop for Forward {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 }

@@ -222,3 +222,70 @@ pub fn unaccepting() -> (SocketAddr, Vec<std::net::TcpStream>, socket2::Socket) 
     }
     (addr, held, listener)
 }
+
+/// An HTTP server that answers each request (one per connection) with what it received: the
+/// request line, every header line as sent, and the body's length and SHA-256 (Content-Length
+/// or chunked bodies, decoded).
+pub async fn http_mirror() -> SocketAddr {
+    use tokio::io::{AsyncBufReadExt, BufReader};
+    serve(|socket| async move {
+        let (r, mut w) = socket.into_split();
+        let mut r = BufReader::new(r);
+        let mut head = Vec::new();
+        loop {
+            let mut line = String::new();
+            match r.read_line(&mut line).await {
+                Ok(0) | Err(_) => return,
+                Ok(_) if line == "\r\n" => break,
+                Ok(_) => head.push(line.trim_end().to_owned()),
+            }
+        }
+        let header = |name: &str| {
+            head.iter().skip(1).find_map(|l| {
+                let (n, v) = l.split_once(':')?;
+                n.eq_ignore_ascii_case(name).then(|| v.trim().to_owned())
+            })
+        };
+        let mut body = Vec::new();
+        if header("transfer-encoding").is_some_and(|v| v.eq_ignore_ascii_case("chunked")) {
+            loop {
+                let mut size = String::new();
+                if r.read_line(&mut size).await.unwrap_or(0) == 0 {
+                    return;
+                }
+                let size = size.trim_end().split(';').next().unwrap_or("");
+                let Ok(size) = usize::from_str_radix(size, 16) else { return };
+                if size == 0 {
+                    let mut line = String::new();
+                    while r.read_line(&mut line).await.unwrap_or(0) > 0 && line != "\r\n" {
+                        line.clear();
+                    }
+                    break;
+                }
+                let mut chunk = vec![0u8; size + 2];
+                if r.read_exact(&mut chunk).await.is_err() {
+                    return;
+                }
+                body.extend_from_slice(&chunk[..size]);
+            }
+        } else if let Some(len) = header("content-length").and_then(|v| v.parse::<usize>().ok()) {
+            body.resize(len, 0);
+            if r.read_exact(&mut body).await.is_err() {
+                return;
+            }
+        }
+        let digest: String = Sha256::digest(&body).iter().map(|b| format!("{b:02x}")).collect();
+        let text = format!("{}\nbody-len: {}\nbody-sha256: {digest}\n", head.join("\n"), body.len());
+        let response = format!(
+            "HTTP/1.1 200 OK\r\nContent-Type: text/plain\r\nContent-Length: {}\r\nKeep-Alive: timeout=5\r\nConnection: keep-alive\r\n\r\n{text}",
+            text.len()
+        );
+        let _ = w.write_all(response.as_bytes()).await;
+        // Like a keep-alive server, wait for the client to close (or send a request it will
+        // not get an answer to here).
+        let mut rest = [0u8; 1024];
+        let _ = r.read(&mut rest).await;
+        let _ = w.shutdown().await;
+    })
+    .await
+}

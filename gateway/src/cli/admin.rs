@@ -422,6 +422,7 @@ pub(super) fn config_check(home: &Home) -> Result<(), Failure> {
     };
     // Everything `peerup run` loads, loaded the same way.
     let Loaded { config, lists, names, .. } = load(home).map_err(Failure::usage)?;
+    config.proxy_credentials(home).map_err(Failure::usage)?;
     // The relay's member list matters where `peerup relay` runs: a home whose config has a
     // `relay:` section needs one, as `peerup relay` refuses to start without it.
     let members = home.join(&config.relay.authorized_keys);

@@ -62,9 +62,10 @@ impl Exit {
         match kind {
             FailureKind::NoSuchName => Exit::NoSuchName,
             FailureKind::NotAllowed => Exit::NotAuthorized,
-            FailureKind::Unreachable | FailureKind::TimedOut | FailureKind::Busy => {
-                Exit::Unreachable
-            }
+            FailureKind::Unreachable
+            | FailureKind::NameServiceUnreachable
+            | FailureKind::TimedOut
+            | FailureKind::Busy => Exit::Unreachable,
             FailureKind::NoSuchService | FailureKind::Refused | FailureKind::ServiceTimeout => {
                 Exit::Refused
             }

@@ -97,11 +97,30 @@ enum Command {
         forget: bool,
     },
     /// Bridge stdin/stdout to HOST:PORT through the running daemon (ssh ProxyCommand)
+    #[command(
+        after_help = "In ~/.ssh/config (or see `peerup ssh-config`):\n  Host *.p2p\n    ProxyCommand peerup connect %h:%p\n\nExit: 3 no such name; 4 not authorized; 5 unreachable; 6 refused."
+    )]
     Connect {
         /// e.g. home.alice.p2p:22
         #[arg(value_name = "HOST:PORT")]
         target: String,
     },
+    /// Listen locally and tunnel every connection to HOST:PORT (like ssh -L), for programs
+    /// that know no proxy; prints the bound address on stdout, runs until Ctrl-C
+    #[command(
+        after_help = "Example: peerup forward 127.0.0.1:2222 home.alice.p2p:22, then ssh -p 2222 127.0.0.1\n\nA bare PORT listens on 127.0.0.1; port 0 picks a free one. Like the proxy, it serves only your own user's programs (socks.same_user)."
+    )]
+    Forward {
+        /// PORT or ADDRESS:PORT to listen on
+        #[arg(value_name = "LISTEN")]
+        listen: String,
+        /// e.g. home.alice.p2p:22
+        #[arg(value_name = "HOST:PORT")]
+        target: String,
+    },
+    /// Print a `Host *.p2p` block for ~/.ssh/config: ssh then reaches .p2p names through this
+    /// gateway (`peerup ssh-config >> ~/.ssh/config`)
+    SshConfig,
     /// Validate the config
     Config {
         #[command(subcommand)]
@@ -192,6 +211,10 @@ pub fn main() -> ExitCode {
         Command::Connect { target } => {
             runtime().and_then(|rt| rt.block_on(connect::run(&home, &target)))
         }
+        Command::Forward { listen, target } => {
+            runtime().and_then(|rt| rt.block_on(connect::forward(&home, &listen, &target)))
+        }
+        Command::SshConfig => connect::ssh_config(&home),
         Command::Config { action: ConfigCommand::Check } => admin::config_check(&home),
         Command::Completions { shell } => {
             let mut command = <Cli as clap::CommandFactory>::command();

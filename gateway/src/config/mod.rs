@@ -121,6 +121,30 @@ impl Config {
         }
     }
 
+    /// The proxy credentials of `socks.auth`, the password read from its file (0600, a
+    /// trailing newline dropped); `None` when the proxy asks for none.
+    pub fn proxy_credentials(
+        &self,
+        home: &crate::files::Home,
+    ) -> Result<Option<peerup_proxy::Credentials>, ConfigError> {
+        let Some(auth) = &self.socks.auth else { return Ok(None) };
+        let file = home.join(&auth.password_file);
+        let bytes = crate::files::read_checked(&file, crate::files::Kind::Secret)?;
+        let password = bytes.strip_suffix(b"\n").unwrap_or(&bytes);
+        let password = password.strip_suffix(b"\r").unwrap_or(password);
+        if password.is_empty() || password.len() > 255 || std::str::from_utf8(password).is_err() {
+            return Err(ConfigError::invalid(
+                &file,
+                "socks.auth.password_file",
+                "the password must be UTF-8 text of 1 to 255 bytes (the SOCKS5 limit)",
+            ));
+        }
+        Ok(Some(peerup_proxy::Credentials {
+            username: auth.username.clone().into_bytes(),
+            password: password.to_vec(),
+        }))
+    }
+
     /// Every relay of every network, in config order, without repeats.
     pub fn all_relays(&self) -> Vec<RelayAddr> {
         let mut all: Vec<RelayAddr> = Vec::new();

@@ -144,6 +144,21 @@ pub struct Socks {
     /// SOCKS clients served at once; more wait in the listen backlog until one ends.
     #[serde(default = "default_max_clients")]
     pub max_clients: usize,
+    /// Serve only programs of the user running the gateway (Linux; other systems: ignored).
+    #[serde(default = "yes")]
+    pub same_user: bool,
+    /// A username and password every proxy client must present.
+    #[serde(default)]
+    pub auth: Option<ProxyAuth>,
+}
+
+/// Proxy credentials: SOCKS5 username/password and HTTP `Proxy-Authorization: Basic`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProxyAuth {
+    pub username: String,
+    /// A file (0600, like a key) holding the password; relative to the home.
+    pub password_file: PathBuf,
 }
 
 /// The local DNS server for `.p2p` names.
@@ -360,6 +375,8 @@ impl Default for Socks {
             direct: true,
             handshake_timeout: default_handshake_timeout(),
             max_clients: default_max_clients(),
+            same_user: true,
+            auth: None,
         }
     }
 }

@@ -50,15 +50,24 @@ impl Config {
     }
 
     fn check_socks(&self, path: &Path) -> Result<(), ConfigError> {
-        if self.socks.direct && !self.socks.listen.ip().is_loopback() {
+        if self.socks.direct && self.socks.auth.is_none() && !self.socks.listen.ip().is_loopback() {
             return Err(ConfigError::invalid(
                 path,
                 "socks.listen",
                 format!(
-                    "{} is not loopback and socks.direct is true: that would be an open proxy; \
-                     bind 127.0.0.1 or set socks.direct: false",
+                    "{} is not loopback and socks.direct is true without socks.auth: that would \
+                     be an open proxy; bind 127.0.0.1, set socks.auth, or set socks.direct: false",
                     self.socks.listen
                 ),
+            ));
+        }
+        if let Some(auth) = &self.socks.auth
+            && (auth.username.is_empty() || auth.username.len() > 255)
+        {
+            return Err(ConfigError::invalid(
+                path,
+                "socks.auth.username",
+                "must be 1 to 255 bytes (the SOCKS5 limit)",
             ));
         }
         Ok(())
