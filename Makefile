@@ -40,6 +40,10 @@ netlab-notice:
 check-tools:
 	@for tool in curl python3; do command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install $$tool)"; exit 1; }; done
 	@command -v dig >/dev/null || { echo "make test needs dig (apt-get install dnsutils)"; exit 1; }
+	@# tests/clients.rs: OpenSSH, scp, netcat and headless Chromium through the gateway.
+	@for tool in ssh scp ssh-keygen nc chromium; do command -v $$tool >/dev/null || { echo "make test needs $$tool (apt-get install openssh-server openssh-client netcat-openbsd chromium)"; exit 1; }; done
+	@test -x /usr/sbin/sshd || { echo "make test needs sshd at /usr/sbin/sshd (apt-get install openssh-server openssh-client netcat-openbsd chromium)"; exit 1; }
+	@nc -h 2>&1 | grep -q -- '-X proxy_protocol' || { echo "make test needs OpenBSD netcat for nc -X 5 (apt-get install netcat-openbsd)"; exit 1; }
 	@if [ "$$(id -u)" = 0 ]; then for tool in ip nft sysctl; do command -v $$tool >/dev/null || \
 	  { echo "the NAT lab needs $$tool (apt-get install iproute2 nftables procps)"; exit 1; }; done; fi
 

@@ -319,3 +319,27 @@ async fn the_proxy_and_forward_refuse_programs_of_another_user() {
     let mine = curl(&[&format!("http://{}/", forward.addr)]);
     assert_eq!(text(&mine.stdout), PAGE);
 }
+
+/// What the same-user rule costs per accepted connection: one exact sock_diag lookup of the
+/// client's socket (a figure for the record, never asserted as a time).
+#[test]
+fn the_same_user_lookup_finds_our_own_client_and_its_cost_is_measured() {
+    use peerup_proxy::peer_uid::{PeerUids, own_uid};
+    let listener = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let client =
+        std::net::TcpStream::connect(listener.local_addr().expect("addr")).expect("connect");
+    let (accepted, peer) = listener.accept().expect("accept");
+    let local = accepted.local_addr().expect("local");
+    let uids = PeerUids::new();
+    let own = own_uid().expect("own uid");
+    assert_eq!(uids.lookup(local, peer).ok().flatten(), Some(own), "our own client is ours");
+    let rounds = 1_000u32;
+    let started = Instant::now();
+    for _ in 0..rounds {
+        assert_eq!(uids.lookup(local, peer).ok().flatten(), Some(own));
+    }
+    let each = started.elapsed() / rounds;
+    let how = if uids.uses_netlink() { "sock_diag" } else { "/proc/net/tcp" };
+    support::report(format!("proxy: same-user lookup ({how}): {each:?} per accepted connection"));
+    drop(client);
+}

@@ -7,6 +7,7 @@
 
 #![allow(dead_code, unreachable_pub, missing_debug_implementations, clippy::unwrap_used)]
 
+pub mod clients;
 pub mod services;
 pub mod socks;
 
@@ -307,6 +308,11 @@ impl Pair {
         let b = Daemon::start(&home_b);
         Pair { home_a, home_b, a, b }
     }
+
+    /// Both daemons' logs, for an assertion message.
+    pub fn logs(&self) -> String {
+        format!("--- A (serving):\n{}\n--- B (client):\n{}", self.a.log.text(), self.b.log.text())
+    }
 }
 
 /// `peerup status --json` of the daemon running in `home`; it must answer.
@@ -316,12 +322,17 @@ pub fn status(home: &Path) -> serde_json::Value {
     serde_json::from_slice(&out.stdout).expect("status is JSON")
 }
 
+/// Whether this process runs as root.
+pub fn is_root() -> bool {
+    let root =
+        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
+    root.unwrap_or(false)
+}
+
 /// Whether this process is root (network namespaces need it). If not, say that `what` was
 /// skipped and why; under CI=true a skip is a failure.
 pub fn root_or_skip(what: &str, needs: &str) -> bool {
-    let root =
-        std::fs::metadata("/proc/self").map(|m| std::os::unix::fs::MetadataExt::uid(&m) == 0);
-    if root.unwrap_or(false) {
+    if is_root() {
         return true;
     }
     let why = format!("{what}: SKIPPED: {needs} needs root");
