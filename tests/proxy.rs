@@ -343,3 +343,77 @@ fn the_same_user_lookup_finds_our_own_client_and_its_cost_is_measured() {
     support::report(format!("proxy: same-user lookup ({how}): {each:?} per accepted connection"));
     drop(client);
 }
+
+/// Send `request` on a fresh connection to `proxy` and read the status line's code.
+async fn status_of(proxy: std::net::SocketAddr, request: &str) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut socket = tokio::net::TcpStream::connect(proxy).await.expect("connect to the proxy");
+    socket.write_all(request.as_bytes()).await.expect("send");
+    let mut reply = Vec::new();
+    let read =
+        tokio::time::timeout(std::time::Duration::from_secs(20), socket.read_to_end(&mut reply))
+            .await;
+    assert!(read.is_ok(), "{request:?}: the proxy answers and closes");
+    let reply = text(&reply);
+    reply.split(' ').nth(1).unwrap_or_default().to_owned()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn the_proxy_never_dials_itself_and_bad_framing_gets_a_400() {
+    let home = Home::init();
+    home.write_config("");
+    let node = Daemon::start(&home);
+    let proxy = node.socks();
+    let port = proxy.port();
+    for host in ["127.0.0.1", "localhost", "0.0.0.0", "127.1", "2130706433", "[::ffff:127.0.0.1]"] {
+        let request = format!("CONNECT {host}:{port} HTTP/1.1\r\nHost: {host}:{port}\r\n\r\n");
+        assert_eq!(status_of(proxy, &request).await, "403", "CONNECT {host}:{port} is a loop");
+    }
+    for framing in [
+        "Transfer-Encoding: gzip",
+        "Transfer-Encoding: chunked\r\nContent-Length: 5",
+        "Content-Length: 5\r\nContent-Length: 6",
+        "Content-Length: abc",
+    ] {
+        let request = format!(
+            "POST http://example.p2p/ HTTP/1.1\r\nHost: example.p2p\r\n{framing}\r\n\r\nhello"
+        );
+        assert_eq!(status_of(proxy, &request).await, "400", "{framing:?}");
+    }
+    let out = support::peerup(home.path(), &["forward", "127.0.0.1:0", "nope.p2p:1"]);
+    assert_eq!(out.status.code(), Some(3), "no such name: {}", text(&out.stderr));
+    let port = services::closed_port();
+    let listen = format!("127.0.0.1:{port}");
+    let target = format!("127.0.0.1:{port}");
+    let out = support::peerup(home.path(), &["forward", &listen, &target]);
+    assert_eq!(out.status.code(), Some(2), "a forward to itself: {}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("loop"), "{}", text(&out.stderr));
+}
+
+#[test]
+fn proxy_credentials_are_checked_by_config_check() {
+    let home = Home::init();
+    home.write_private("pw", "secret\n");
+    let config = |user: &str| {
+        format!(
+            "socks: {{ listen: 127.0.0.1:0, auth: {{ username: \"{user}\", password_file: pw }} }}\n"
+        )
+    };
+    std::fs::write(home.file("config.yaml"), config("me")).expect("write config");
+    let out = support::peerup(home.path(), &["config", "check"]);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    std::fs::write(home.file("config.yaml"), config("m:e")).expect("write config");
+    let out = support::peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "a ':' in the username: {}", text(&out.stderr));
+    std::fs::write(home.file("config.yaml"), config("me")).expect("write config");
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(home.file("pw"), std::fs::Permissions::from_mode(0o644))
+        .expect("chmod");
+    let out = support::peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "a password others can read: {}", text(&out.stderr));
+    // Off loopback with direct connections and no credentials: an open proxy, refused.
+    std::fs::write(home.file("config.yaml"), "socks: { listen: 0.0.0.0:0 }\n").expect("write");
+    let out = support::peerup(home.path(), &["config", "check"]);
+    assert_eq!(out.status.code(), Some(2), "{}", text(&out.stderr));
+    assert!(text(&out.stderr).contains("open proxy"), "{}", text(&out.stderr));
+}

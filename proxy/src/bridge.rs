@@ -12,6 +12,7 @@
 
 use std::future::{Future, poll_fn};
 use std::io;
+use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
 use std::time::{Duration, Instant};
@@ -40,6 +41,11 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
         false
     }
 
+    /// A direct TCP connection's local and peer addresses (the proxy refuses to dial itself).
+    fn addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        None
+    }
+
     /// An abnormal end noticed outside reads and writes: a kill switch (access revoked, path
     /// lost), or the far end failing after its clean end was read. Polled on every wake.
     fn poll_abnormal(&mut self, _cx: &mut Context<'_>) -> Poll<io::Error> {
@@ -66,6 +72,10 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
 /// A TCP socket: after [`Leg::start`], dropping it (or our process dying) sends RST; a clean
 /// finish restores the normal close first.
 impl Leg for TcpStream {
+    fn addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        Some((self.local_addr().ok()?, self.peer_addr().ok()?))
+    }
+
     fn start(&mut self) {
         // Zero linger in advance: if this process is killed, the kernel resets the socket
         // instead of closing it with a FIN the app would take for a complete transfer.
@@ -95,6 +105,13 @@ impl<L: Leg, R: Leg> Leg for Either<L, R> {
         match self {
             Either::Left(l) => l.is_tunnel(),
             Either::Right(r) => r.is_tunnel(),
+        }
+    }
+
+    fn addrs(&self) -> Option<(SocketAddr, SocketAddr)> {
+        match self {
+            Either::Left(l) => l.addrs(),
+            Either::Right(r) => r.addrs(),
         }
     }
 
@@ -155,6 +172,10 @@ macro_rules! delegate_leg {
 
             fn is_tunnel(&self) -> bool {
                 self.inner.is_tunnel()
+            }
+
+            fn addrs(&self) -> Option<(std::net::SocketAddr, std::net::SocketAddr)> {
+                self.inner.addrs()
             }
 
             fn poll_abnormal(

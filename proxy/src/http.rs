@@ -49,7 +49,9 @@ where
         None => return Err(HandshakeError::Closed),
         Some(Ok(head)) => head,
         Some(Err(e)) => {
-            let status = if matches!(e, http::HttpError::HeadTooLarge) { 431 } else { 400 };
+            let too_large =
+                matches!(e, http::HttpError::HeadTooLarge | http::HttpError::TooManyHeaders);
+            let status = if too_large { 431 } else { 400 };
             client.write_all(&page(status, &format!("a malformed request: {e}"))).await?;
             return Ok(Handshake::Refused("a malformed HTTP request"));
         }
@@ -83,7 +85,13 @@ where
             return Ok(Handshake::Refused("missing or wrong Proxy-Authorization"));
         }
     }
-    request_of(head).map(Handshake::Connect).map_err(HandshakeError::Protocol)
+    match request_of(head) {
+        Ok(request) => Ok(Handshake::Connect(request)),
+        Err(why) => {
+            client.write_all(&page(400, &format!("a malformed request: {why}"))).await?;
+            Ok(Handshake::Refused("a malformed HTTP request"))
+        }
+    }
 }
 
 fn request_of(head: RequestHead) -> Result<Request, String> {

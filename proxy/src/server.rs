@@ -105,10 +105,25 @@ impl Rules {
             return false;
         }
         let host = host.trim_start_matches('[').trim_end_matches(']');
-        match host.parse::<IpAddr>() {
-            Ok(ip) => ip == self.addr.ip() || (ip.is_loopback() && self.addr.ip().is_unspecified()),
+        let ours = self.addr.ip().to_canonical();
+        match host.parse::<IpAddr>().map(|ip| ip.to_canonical()) {
+            Ok(ip) => {
+                ip == ours || ip.is_unspecified() || (ip.is_loopback() && ours.is_unspecified())
+            }
             Err(_) => host.eq_ignore_ascii_case("localhost") && self.addr.ip().is_loopback(),
         }
+    }
+
+    /// Whether a direct connection (its local and peer addresses) reached this listener.
+    fn is_self(&self, (local, peer): (SocketAddr, SocketAddr)) -> bool {
+        let canonical = |a: SocketAddr| SocketAddr::new(a.ip().to_canonical(), a.port());
+        let (local, peer, ours) = (canonical(local), canonical(peer), canonical(self.addr));
+        if peer.port() != ours.port() {
+            return false;
+        }
+        peer == ours
+            || peer.ip().is_unspecified()
+            || (ours.ip().is_unspecified() && (peer.ip().is_loopback() || peer.ip() == local.ip()))
     }
 
     fn is_own_target(&self, target: &Target) -> bool {
@@ -189,11 +204,28 @@ pub(crate) enum HandshakeError {
 pub struct SameUser {
     uids: PeerUids,
     own: u32,
+    /// When a refusal was last logged at INFO (others go to DEBUG: another user could flood).
+    logged: std::sync::Mutex<Option<Instant>>,
 }
+
+/// At most one INFO line per this long about refused clients of other users.
+const REFUSAL_LOG_EVERY: Duration = Duration::from_secs(10);
 
 impl SameUser {
     pub fn new() -> io::Result<Self> {
-        Ok(SameUser { uids: PeerUids::new(), own: own_uid()? })
+        let logged = std::sync::Mutex::new(None);
+        Ok(SameUser { uids: PeerUids::new(), own: own_uid()?, logged })
+    }
+
+    fn log_refusal(&self, peer: SocketAddr, uid: u32) {
+        let now = Instant::now();
+        let mut logged = self.logged.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        if logged.is_none_or(|at| now.duration_since(at) >= REFUSAL_LOG_EVERY) {
+            *logged = Some(now);
+            info!(%peer, uid, own = self.own, "refused a client of another user (more within 10 s: debug)");
+        } else {
+            debug!(%peer, uid, "refused a client of another user");
+        }
     }
 
     /// Whether the client at `peer` (connected to our `local`) belongs to another user; when
@@ -202,7 +234,7 @@ impl SameUser {
         match self.uids.lookup(local, peer) {
             Ok(Some(uid)) if uid == self.own => false,
             Ok(Some(uid)) => {
-                info!(%peer, uid, own = self.own, "refused a client of another user");
+                self.log_refusal(peer, uid);
                 true
             }
             // Not a socket of this machine: a remote client, which proxy auth governs.
@@ -337,10 +369,20 @@ impl<C: Connector> Served<'_, C> {
         let Request { target, protocol } = request;
         // The span carries the target (and, once the connector resolved it, the peer).
         tracing::Span::current().record("target", tracing::field::display(&target));
+        let itself =
+            || ConnectError::new(FailureKind::NotAllowed, "a request for the proxy itself");
         let connected = if self.rules.is_own_target(&target) {
-            Err(ConnectError::new(FailureKind::NotAllowed, "a request for the proxy itself"))
+            Err(itself())
         } else {
-            self.connector.connect(target.clone()).await
+            match self.connector.connect(target.clone()).await {
+                // Any spelling of our own address (0, 127.1, a local interface's address)
+                // shows once connected: a loop, never followed.
+                Ok(upstream) if upstream.addrs().is_some_and(|a| self.rules.is_self(a)) => {
+                    upstream.abort().await;
+                    Err(itself())
+                }
+                other => other,
+            }
         };
         let mut upstream = match connected {
             Ok(upstream) => upstream,

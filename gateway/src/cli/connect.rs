@@ -14,6 +14,7 @@ use peerup_proxy::client::connect_via;
 use peerup_proxy::{Credentials, Plain, SameUser, bridge};
 use peerup_resolver::Name;
 use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::Semaphore;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, info, info_span, warn};
@@ -78,6 +79,11 @@ pub(super) async fn forward(home: &Home, listen: &str, target: &str) -> Result<(
         .await
         .map_err(|e| Failure::usage(format!("cannot listen on {listen}: {e}")))?;
     let bound = listener.local_addr().map_err(|e| Failure::internal(e.to_string()))?;
+    if is_own_listener(bound, host, port) {
+        return Err(Failure::usage(format!(
+            "{target} is this forward's own listening address: every connection would loop"
+        )));
+    }
     if !bound.ip().is_loopback() {
         warn!(%bound, "forward listens beyond loopback: other machines can use this tunnel");
     }
@@ -86,7 +92,15 @@ pub(super) async fn forward(home: &Home, listen: &str, target: &str) -> Result<(
     info!(listen = %bound, target, "forwarding; Ctrl-C stops");
     let (stop, tasks) = (CancellationToken::new(), TaskTracker::new());
     let host = Arc::<str>::from(host);
+    let limit = Arc::new(Semaphore::new(FORWARD_CONNECTIONS));
     loop {
+        let permit = tokio::select! {
+            _ = shutdown_signal() => break,
+            permit = limit.clone().acquire_owned() => match permit {
+                Ok(permit) => permit,
+                Err(_) => break,
+            },
+        };
         let (socket, client) = tokio::select! {
             _ = shutdown_signal() => break,
             accepted = listener.accept() => match accepted {
@@ -99,7 +113,8 @@ pub(super) async fn forward(home: &Home, listen: &str, target: &str) -> Result<(
             },
         };
         let _ = socket.set_nodelay(true);
-        if same_user.as_ref().is_some_and(|g| g.is_foreign(bound, client)) {
+        let local = socket.local_addr().unwrap_or(bound);
+        if same_user.as_ref().is_some_and(|g| g.is_foreign(local, client)) {
             let _ = socket.set_zero_linger();
             continue;
         }
@@ -107,6 +122,7 @@ pub(super) async fn forward(home: &Home, listen: &str, target: &str) -> Result<(
         let span = info_span!("forward", %client);
         tasks.spawn(
             async move {
+                let _permit = permit;
                 match via.connect(&host, port).await {
                     // The app sees a reset: nothing was carried, and nothing looks complete.
                     Err(failure) => {
@@ -140,6 +156,24 @@ async fn shutdown_signal() {
     }
 }
 
+/// Connections a forward serves at once; more wait in the listen backlog.
+const FORWARD_CONNECTIONS: usize = 1024;
+
+/// Whether `host:port` is the forward's own listener (a loop through the proxy and back).
+fn is_own_listener(bound: SocketAddr, host: &str, port: u16) -> bool {
+    if port != bound.port() {
+        return false;
+    }
+    let host = host.trim_start_matches('[').trim_end_matches(']');
+    match host.parse::<std::net::IpAddr>().map(|ip| ip.to_canonical()) {
+        Ok(ip) => {
+            let ours = bound.ip().to_canonical();
+            ip == ours || ip.is_unspecified() || ours.is_unspecified() || ip.is_loopback()
+        }
+        Err(_) => host.eq_ignore_ascii_case("localhost"),
+    }
+}
+
 /// `PORT`, `HOST:PORT` or `[V6]:PORT`; a bare port listens on 127.0.0.1 (as `ssh -L` does).
 fn parse_listen(listen: &str) -> Result<SocketAddr, Failure> {
     if let Ok(port) = listen.parse::<u16>() {
@@ -165,6 +199,13 @@ pub(super) fn ssh_config(home: &Home) -> Result<(), Failure> {
     let home_dir = std::path::absolute(home.dir())
         .map_err(|e| Failure::internal(format!("cannot tell the home's path: {e}")))?;
     let suffix = &config.dns.suffix.0;
+    for path in [&binary, &home_dir] {
+        if path.to_string_lossy().chars().any(char::is_control) {
+            return Err(Failure::usage(format!(
+                "{path:?} holds a control character, which an ssh config line cannot carry"
+            )));
+        }
+    }
     let binary = shell_quote(&binary.to_string_lossy());
     let home_dir = shell_quote(&home_dir.to_string_lossy());
     let block = format!(
@@ -225,6 +266,16 @@ mod tests {
         assert_eq!(shell_quote("/home/a b/peerup"), "'/home/a b/peerup'");
         assert_eq!(shell_quote("/tmp/it's"), r"'/tmp/it'\''s'");
         assert_eq!(shell_quote("/tmp/100%"), "'/tmp/100%%'");
+    }
+
+    #[test]
+    fn a_forward_to_its_own_listener_is_a_loop() {
+        let bound: SocketAddr = "127.0.0.1:2222".parse().unwrap_or_else(|_| unreachable!());
+        for host in ["127.0.0.1", "localhost", "0.0.0.0", "127.0.0.2", "::ffff:127.0.0.1"] {
+            assert!(is_own_listener(bound, host, 2222), "{host}");
+        }
+        assert!(!is_own_listener(bound, "127.0.0.1", 22));
+        assert!(!is_own_listener(bound, "home.alice.p2p", 2222));
     }
 
     #[test]

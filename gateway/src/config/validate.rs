@@ -62,12 +62,16 @@ impl Config {
             ));
         }
         if let Some(auth) = &self.socks.auth
-            && (auth.username.is_empty() || auth.username.len() > 255)
+            && (auth.username.is_empty()
+                || auth.username.len() > 255
+                || auth.username.contains(':')
+                || auth.username.chars().any(char::is_control))
         {
             return Err(ConfigError::invalid(
                 path,
                 "socks.auth.username",
-                "must be 1 to 255 bytes (the SOCKS5 limit)",
+                "must be 1 to 255 bytes (the SOCKS5 limit), without ':' (HTTP Basic splits there) \
+                 or control characters",
             ));
         }
         Ok(())
