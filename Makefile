@@ -4,7 +4,7 @@ PEERUP = target/debug/peerup
 
 .PHONY: run test build fmt lint unit netlab-notice check-tools clean
 
-## run: build, create an identity and config if missing, and run the gateway (SOCKS5 on
+## run: build, create an identity and config if missing, and run the gateway (proxy on
 ## 127.0.0.1:1080). The home is ~/.config/peerup, or PEERUP_HOME if set.
 run: build
 	$(PEERUP) init

@@ -25,7 +25,7 @@ use crate::files::Home;
     version,
     about = "Reach your own machines by name from any app, without root",
     long_about = "Reach your own machines by name from any app, without root.\n\n\
-        `peerup run` serves a SOCKS5 proxy on 127.0.0.1:1080 that tunnels connections to \
+        `peerup run` serves a proxy (SOCKS5, SOCKS4a, HTTP) on 127.0.0.1:1080 that tunnels connections to \
         HOST.NETWORK.p2p names over authenticated libp2p streams, and offers this machine's \
         services to the peers its authorized_keys files allow.",
     after_help = "Start: peerup init && peerup run, then\n  \
@@ -63,7 +63,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Run the gateway: SOCKS5 proxy, services, libp2p node, relay reservations
+    /// Run the gateway: proxy (SOCKS5, SOCKS4a, HTTP, PAC file), DNS, services, libp2p node,
+    /// relay reservations
     Run,
     /// Run a circuit relay for the members in the relay's authorized_keys (and its network's
     /// name registrar when relay.registry.registrar is its own ID)
