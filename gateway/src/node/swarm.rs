@@ -8,7 +8,7 @@ use futures::StreamExt;
 use libp2p::identity::Keypair;
 use libp2p::multiaddr::Protocol;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, identify, ping, yamux};
+use libp2p::{Multiaddr, PeerId, Swarm, identify, ping};
 use tracing::{info, warn};
 
 use super::NodeError;
@@ -16,7 +16,7 @@ use crate::config::RelayAddr;
 
 /// Streams one connection may carry at once. yamux needs a 256 KiB window per stream inside
 /// its 1 GiB connection window, which caps this at 4096.
-const MAX_STREAMS_PER_CONNECTION: usize = 1024;
+const MAX_STREAMS_PER_CONNECTION: usize = 4096;
 /// Connections with no stream close after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
 /// Time for every listener to report its first address.
@@ -40,9 +40,7 @@ impl Default for Keepalive {
 /// The yamux upgrade every connection uses: our stream limit, and a close that cannot stall
 /// (see [`super::muxer`]).
 pub(crate) fn yamux_config() -> super::muxer::Yamux {
-    let mut config = yamux::Config::default();
-    config.set_max_num_streams(MAX_STREAMS_PER_CONNECTION);
-    super::muxer::Yamux::new(config)
+    super::muxer::Yamux::new(MAX_STREAMS_PER_CONNECTION)
 }
 
 /// QUIC notices a dead path (a relay that was killed, a network that changed) only through
