@@ -47,9 +47,12 @@ pub(crate) fn yamux_config() -> super::muxer::Yamux {
 /// `max_idle_timeout`: a restarted peer cannot reset our connection, because quinn drops
 /// packets whose connection ID an earlier endpoint issued without answering them. quinn's
 /// default of 10 s is most of a connect timeout; 3 s is three missed 1 s keep-alives.
+///
+/// Streams per QUIC connection: as many as yamux carries on TCP (quinn's default is 256).
 pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
     config.max_idle_timeout = 3_000;
     config.keep_alive_interval = Duration::from_secs(1);
+    config.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
     config
 }
 
