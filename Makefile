@@ -2,7 +2,7 @@
 CARGO ?= cargo
 PEERUP = target/debug/peerup
 
-.PHONY: run test build fmt lint unit netlab-notice check-tools clean
+.PHONY: run test build fmt lint unit netlab-notice check-tools bench clean
 
 ## run: build, create an identity and config if missing, and run the gateway (proxy on
 ## 127.0.0.1:1080). The home is ~/.config/peerup, or PEERUP_HOME if set.
@@ -46,6 +46,12 @@ check-tools:
 	@nc -h 2>&1 | grep -q -- '-X proxy_protocol' || { echo "make test needs OpenBSD netcat for nc -X 5 (apt-get install netcat-openbsd)"; exit 1; }
 	@if [ "$$(id -u)" = 0 ]; then for tool in ip nft sysctl; do command -v $$tool >/dev/null || \
 	  { echo "the NAT lab needs $$tool (apt-get install iproute2 nftables procps)"; exit 1; }; done; fi
+
+## bench: loopback benchmark of the release build against raw TCP, ssh -D and dante; a Markdown
+## report on stdout and in target/bench/report.md (docs/benchmarks.md). Installs its tools (root,
+## Debian). BENCH_QUICK=1: ~2 min smoke run; BENCH_SOAK=3600: 1 h soak instead. See bench/bench.py.
+bench:
+	@CARGO="$(CARGO)" bench/run.sh
 
 clean:
 	$(CARGO) clean
