@@ -77,6 +77,16 @@ fn restart_and_measure(transport: &str) {
         .unwrap_or_else(|| {
             panic!("{transport}: first reservation\n{}\n{}", m.log.text(), relay_daemon.log.text())
         });
+    if transport == "tcp" {
+        // The member and the relay secure TCP with TLS, AES-128-GCM where the CPU has AES.
+        let suite = match peerup_gateway::node::tls::aes_accelerated() {
+            true => "TLS13_AES_128_GCM_SHA256",
+            false => "TLS13_CHACHA20_POLY1305_SHA256",
+        };
+        let line = relay_daemon.log.lines().into_iter().find(|l| l.contains("TLS connection"));
+        let line = line.unwrap_or_else(|| panic!("no TLS line\n{}", relay_daemon.log.text()));
+        assert!(line.contains(suite) && line.contains("inbound"), "{line}");
+    }
 
     relay_daemon.signal("KILL");
     let _ = relay_daemon.child.wait();

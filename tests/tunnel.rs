@@ -4,6 +4,7 @@ mod support;
 
 use std::process::Command;
 use std::sync::Arc;
+use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use support::services::{self, noise_digest, write_noise};
@@ -245,6 +246,17 @@ async fn status_shows_the_peer_and_its_direct_path() {
         .unwrap_or_else(|| panic!("A is listed: {status}"));
     assert_eq!(peer["connections"][0]["path"], "direct");
     assert_eq!(peer["connections"][0]["transport"], "tcp");
+    // TLS on TCP, with AES-128-GCM where the CPU accelerates it (both ends log it once).
+    let suite = match peerup_gateway::node::tls::aes_accelerated() {
+        true => "TLS13_AES_128_GCM_SHA256",
+        false => "TLS13_CHACHA20_POLY1305_SHA256",
+    };
+    for (log, direction) in [(&pair.b.log, "outbound"), (&pair.a.log, "inbound")] {
+        let line =
+            log.wait_for(|l| l.contains("TLS connection negotiated"), Duration::from_secs(5));
+        let line = line.unwrap_or_else(|| panic!("no TLS line:\n{}", pair.logs()));
+        assert!(line.contains(suite) && line.contains(direction), "{line}");
+    }
     let mode = std::fs::metadata(&pair.b.state.control).unwrap().permissions();
     assert_eq!(
         std::os::unix::fs::PermissionsExt::mode(&mode) & 0o777,

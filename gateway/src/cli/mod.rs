@@ -232,7 +232,8 @@ pub fn main() -> ExitCode {
     }
 }
 
-/// libp2p's TLS writes every session key to the file named by `SSLKEYLOGFILE`; a daemon must
+/// libp2p's TLS (QUIC's handshake still uses it; our TCP upgrade, `node::tls`, never logs keys)
+/// writes every session key to the file named by `SSLKEYLOGFILE`; a daemon must
 /// never leak its keys that way, and the variable cannot be removed from inside (unsafe code is
 /// forbidden here), so the daemon refuses to start while it is set.
 fn refuse_key_log() -> Result<(), Failure> {

@@ -3,6 +3,7 @@
 //!
 //! - [`swarm`]: what gateway and relay swarms share (transport settings, keep-alive, listening).
 //! - [`muxer`]: our yamux adapter, whose close cannot stall on a frozen path.
+//! - [`tls`]: our TLS upgrade, libp2p's handshake with AES-GCM first where the CPU has AES.
 //! - [`liveness`]: the dead-path clock.
 //! - [`command`]: the command channel into the swarm's task.
 //! - [`gate`]: who may connect (closed at the handshake otherwise) and whom we dial.
@@ -23,6 +24,7 @@ pub mod muxer;
 pub mod reservations;
 pub mod status;
 pub mod swarm;
+pub mod tls;
 pub mod tunnel;
 
 use std::collections::{HashMap, HashSet};
@@ -34,7 +36,7 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, noise, ping, relay, tcp, tls};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, noise, ping, relay, tcp};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
@@ -174,12 +176,12 @@ impl Node {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                (tls::Config::new, noise::Config::new),
+                (tls::Tls::new, noise::Config::new),
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?
             .with_quic_config(swarm::quic_config)
-            .with_relay_client((tls::Config::new, noise::Config::new), swarm::yamux_config)
+            .with_relay_client((tls::Tls::new, noise::Config::new), swarm::yamux_config)
             .map_err(|e| build_error(&e))?
             .with_behaviour(move |key, relay_client| Behaviour {
                 gate,

@@ -20,7 +20,7 @@ use libp2p::core::muxing::StreamMuxerBox;
 use libp2p::core::upgrade::Version;
 use libp2p::identity::Keypair;
 use libp2p::swarm::{NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, noise, ping, quic, relay, tcp};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, identify, ping, quic, relay, tcp};
 use serde::Serialize;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
@@ -32,7 +32,7 @@ use crate::names::record::{Record, unix_now};
 use crate::names::replica::{self, WriteBehind};
 use crate::names::{self, NamesResponse, Refusal, RegistryHandle};
 use crate::node::swarm::{self, Keepalive, start_listeners};
-use crate::node::{Command, NodeError, OpenError, gate};
+use crate::node::{Command, NodeError, OpenError, gate, tls};
 use libp2p::kad::{self, store::MemoryStore, store::RecordStore};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use traffic::{CircuitStatus, Traffic};
@@ -207,7 +207,7 @@ fn relay_config(limits: &RelayLimits, access: &Arc<Access>) -> relay::Config {
 }
 
 impl RelayNode {
-    /// Build the relay's swarm: TCP (Noise, yamux) and QUIC, every connection counted.
+    /// Build the relay's swarm: TCP (our TLS or Noise, yamux) and QUIC, every connection counted.
     pub fn build(
         keypair: Keypair,
         access: Arc<Access>,
@@ -225,7 +225,7 @@ impl RelayNode {
                     let (for_tcp, for_quic) = (counted.clone(), counted);
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                         .upgrade(Version::V1Lazy)
-                        .authenticate(noise::Config::new(key)?)
+                        .authenticate(tls::TlsOrNoise::new(key)?)
                         .multiplex(swarm::yamux_config())
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
