@@ -273,7 +273,7 @@ def render(res):
             ["idle RSS of a fresh gateway B 0.5 s after ready (median)", mib(med(idle_b))],
             ["RSS at the end of the run: A / A_q / A_r / B_tcp / relay R",
              " / ".join(mib((res.get("rss_end_kib") or {}).get(k)) for k in ("A", "A_q", "A_r", "B_tcp", "R"))],
-            ["release binary (`target/release/peerup`, line tables kept)", f"{m2.get('binary_bytes', 0) / 1e6:.1f} MB"],
+            ["release binary (`target/release/peerup`, as built: symbols kept, debug info stripped)", f"{m2.get('binary_bytes', 0) / 1e6:.1f} MB"],
             ["stripped", f"{(m2.get('stripped_bytes') or 0) / 1e6:.1f} MB" if m2.get("stripped_bytes") else "—"]]
     out.append(table(["", ""], rows))
 
