@@ -40,10 +40,6 @@ impl<S> Buffered<S> {
             self.pos = 0;
         }
     }
-
-    pub fn get_ref(&self) -> &S {
-        &self.inner
-    }
 }
 
 impl<S: AsyncRead + Unpin> Buffered<S> {

@@ -23,7 +23,7 @@ use std::net::{IpAddr, Ipv4Addr};
 use std::sync::Arc;
 
 use futures::future::{self, BoxFuture};
-use futures::{AsyncRead, AsyncWrite, FutureExt};
+use futures::{AsyncRead, AsyncWrite, FutureExt, TryFutureExt};
 use libp2p::core::upgrade::{InboundConnectionUpgrade, OutboundConnectionUpgrade, UpgradeInfo};
 use libp2p::identity::Keypair;
 use libp2p::tls::certificate;
@@ -428,6 +428,14 @@ pub enum SecurityError {
 /// A connection secured by whichever of [`TlsOrNoise`]'s protocols was negotiated.
 pub type Secured<C> = future::Either<TlsStream<C>, noise::Output<C>>;
 
+fn secured_tls<C>((peer, stream): (PeerId, TlsStream<C>)) -> (PeerId, Secured<C>) {
+    (peer, future::Either::Left(stream))
+}
+
+fn secured_noise<C>((peer, stream): (PeerId, noise::Output<C>)) -> (PeerId, Secured<C>) {
+    (peer, future::Either::Right(stream))
+}
+
 impl TlsOrNoise {
     pub fn new(keypair: &Keypair) -> Result<Self, SecurityError> {
         Ok(TlsOrNoise { tls: Tls::new(keypair)?, noise: noise::Config::new(keypair)? })
@@ -454,19 +462,9 @@ where
 
     fn upgrade_inbound(self, socket: C, protocol: Self::Info) -> Self::Future {
         if protocol == PROTOCOL {
-            let upgrade = self.tls.upgrade_inbound(socket, protocol);
-            async move {
-                let (peer, stream) = upgrade.await?;
-                Ok((peer, future::Either::Left(stream)))
-            }
-            .boxed()
+            self.tls.upgrade_inbound(socket, protocol).map_ok(secured_tls).err_into().boxed()
         } else {
-            let upgrade = self.noise.upgrade_inbound(socket, protocol);
-            async move {
-                let (peer, stream) = upgrade.await?;
-                Ok((peer, future::Either::Right(stream)))
-            }
-            .boxed()
+            self.noise.upgrade_inbound(socket, protocol).map_ok(secured_noise).err_into().boxed()
         }
     }
 }
@@ -481,19 +479,9 @@ where
 
     fn upgrade_outbound(self, socket: C, protocol: Self::Info) -> Self::Future {
         if protocol == PROTOCOL {
-            let upgrade = self.tls.upgrade_outbound(socket, protocol);
-            async move {
-                let (peer, stream) = upgrade.await?;
-                Ok((peer, future::Either::Left(stream)))
-            }
-            .boxed()
+            self.tls.upgrade_outbound(socket, protocol).map_ok(secured_tls).err_into().boxed()
         } else {
-            let upgrade = self.noise.upgrade_outbound(socket, protocol);
-            async move {
-                let (peer, stream) = upgrade.await?;
-                Ok((peer, future::Either::Right(stream)))
-            }
-            .boxed()
+            self.noise.upgrade_outbound(socket, protocol).map_ok(secured_noise).err_into().boxed()
         }
     }
 }
