@@ -14,8 +14,8 @@ use tracing::{info, warn};
 use super::NodeError;
 use crate::config::RelayAddr;
 
-/// Streams one connection may carry at once. yamux needs a 256 KiB window per stream inside
-/// its 1 GiB connection window, which caps this at 4096.
+/// Streams one connection may carry at once (each holds up to a 256 KiB yamux window of
+/// unread data: 1 GiB at most per connection, plus [`super::muxer::WINDOW_GROWTH`]).
 const MAX_STREAMS_PER_CONNECTION: usize = 4096;
 /// Connections with no stream close after this long.
 pub const IDLE_CONNECTION_TIMEOUT: Duration = Duration::from_secs(300);
