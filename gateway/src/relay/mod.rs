@@ -411,6 +411,10 @@ impl RelayNode {
                     }
                     self.reservations.entry(src_peer_id).or_insert_with(SystemTime::now);
                 }
+                // libp2p's relay says "closed" when any connection of the peer closes, also
+                // one that never held the reservation (a second dial that lost the race): the
+                // reservation lives on while the peer has a connection here.
+                R::ReservationClosed { src_peer_id } if self.swarm.is_connected(&src_peer_id) => {}
                 R::ReservationClosed { src_peer_id } | R::ReservationTimedOut { src_peer_id } => {
                     if self.reservations.remove(&src_peer_id).is_some() {
                         info!(peer = %src_peer_id, "reservation ended");
