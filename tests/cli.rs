@@ -118,6 +118,23 @@ fn a_bad_config_value_names_file_line_and_column() {
 }
 
 #[test]
+fn a_bad_security_list_is_named() {
+    let home = Home::init();
+    for (text, want) in [
+        ("security: []\n", "config.yaml: security: needs tls, noise or both"),
+        ("security: [noise, noise]\n", "config.yaml: security: noise is listed twice"),
+        (
+            "security: [ssl]\n",
+            "config.yaml:1:12: security[0]: unknown variant `ssl`, expected `tls` or `noise`",
+        ),
+    ] {
+        std::fs::write(home.file("config.yaml"), text).unwrap();
+        let err = stderr(&peerup(home.path(), &["config", "check"]));
+        assert!(err.contains(want), "{text}: want {want}, got: {err}");
+    }
+}
+
+#[test]
 fn an_unknown_key_and_a_port_clash_are_named() {
     let home = Home::init();
     std::fs::write(home.file("config.yaml"), "sock: { listen: 127.0.0.1:1080 }\n").unwrap();

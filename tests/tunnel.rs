@@ -268,6 +268,45 @@ async fn status_shows_the_peer_and_its_direct_path() {
     assert!(text.contains(&pair.home_a.peer_id) && text.contains("direct"), "{text}");
 }
 
+/// `security` in config.yaml picks the channel: a gateway that lists only Noise reaches a
+/// default one over Noise, and one that lists only TLS cannot reach a Noise-only one.
+#[tokio::test(flavor = "multi_thread")]
+async fn the_security_list_picks_the_channel() {
+    let web = services::http(PAGE).await;
+    let home_a = support::Home::init();
+    let home_b = support::Home::init();
+    let home_c = support::Home::init();
+    home_a.write_config(&format!("services:\n  web: {{ local_address: {web}, port: 80 }}\n"));
+    home_a.allow(&home_b.peer_id, None);
+    home_a.allow(&home_c.peer_id, None);
+    let a = support::Daemon::start(&home_a);
+    let names = format!("names:\n  home.alice: {}\n", a.tcp_multiaddr());
+    home_b.write_config(&format!("security: [noise]\n{names}"));
+    let b = support::Daemon::start(&home_b);
+    let mut page = socks::connect(b.socks(), "home.alice.p2p", 80).await.expect("B over Noise");
+    page.write_all(b"GET / HTTP/1.0\r\n\r\n").await.unwrap();
+    let mut body = String::new();
+    page.read_to_string(&mut body).await.unwrap();
+    assert!(body.contains(PAGE), "{body}");
+    for (log, direction) in [(&b.log, "outbound"), (&a.log, "inbound")] {
+        let line =
+            log.wait_for(|l| l.contains("Noise connection negotiated"), Duration::from_secs(5));
+        let line =
+            line.unwrap_or_else(|| panic!("no Noise line:\n{}\n{}", a.log.text(), b.log.text()));
+        assert!(line.contains(direction), "{line}");
+    }
+    assert!(!b.log.text().contains("TLS connection negotiated"), "{}", b.log.text());
+
+    // C offers TLS only; D accepts Noise only: no channel in common, so D is unreachable.
+    let home_d = support::Home::init();
+    home_d.write_config("security: [noise]\n");
+    let d = support::Daemon::start(&home_d);
+    home_c.write_config(&format!("security: [tls]\nnames:\n  home.bob: {}\n", d.tcp_multiaddr()));
+    let c = support::Daemon::start(&home_c);
+    let refused = socks::connect(c.socks(), "home.bob.p2p", 80).await;
+    assert_eq!(refused.err(), Some(0x04), "host unreachable: no channel in common");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn a_second_daemon_on_the_same_home_refuses_to_start() {
     let home = support::Home::init();

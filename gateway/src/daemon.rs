@@ -303,6 +303,7 @@ fn node_options(config: &Config, registrations: Registrations) -> NodeOptions {
     NodeOptions {
         relays: config.all_relays(),
         mdns: config.mdns,
+        security: config.security.clone(),
         keepalive: config.limits.keepalive(),
         registrations,
     }

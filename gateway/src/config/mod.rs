@@ -80,6 +80,23 @@ pub struct Config {
     pub relay: Relay,
     #[serde(default)]
     pub dns: Dns,
+    /// Secure channels for TCP and relayed connections, in order of preference.
+    #[serde(default = "default_security")]
+    pub security: Vec<SecureChannel>,
+}
+
+/// A secure channel libp2p connections can negotiate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum SecureChannel {
+    /// TLS 1.3, AES-128-GCM first where the CPU accelerates AES.
+    Tls,
+    /// Noise XX, ChaCha20-Poly1305.
+    Noise,
+}
+
+fn default_security() -> Vec<SecureChannel> {
+    vec![SecureChannel::Tls, SecureChannel::Noise]
 }
 
 impl Default for Config {
@@ -94,6 +111,7 @@ impl Default for Config {
             networks: BTreeMap::new(),
             mdns: false,
             relay: Relay::default(),
+            security: default_security(),
             dns: Dns::default(),
         }
     }

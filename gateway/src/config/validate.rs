@@ -9,6 +9,7 @@ impl Config {
     /// Every check, in the order a reader of the file meets the keys.
     pub(super) fn validate(&self, path: &Path) -> Result<(), ConfigError> {
         self.check_listen(path)?;
+        self.check_security(path)?;
         self.check_socks(path)?;
         self.check_service_ports(path)?;
         self.check_limits(path)?;
@@ -45,6 +46,24 @@ impl Config {
     fn check_listen(&self, path: &Path) -> Result<(), ConfigError> {
         if self.listen.is_empty() {
             return Err(ConfigError::invalid(path, "listen", "needs at least one address"));
+        }
+        Ok(())
+    }
+
+    fn check_security(&self, path: &Path) -> Result<(), ConfigError> {
+        if self.security.is_empty() {
+            return Err(ConfigError::invalid(path, "security", "needs tls, noise or both"));
+        }
+        let mut seen = Vec::new();
+        for channel in &self.security {
+            if seen.contains(channel) {
+                return Err(ConfigError::invalid(
+                    path,
+                    "security",
+                    format!("{channel:?} is listed twice").to_lowercase(),
+                ));
+            }
+            seen.push(*channel);
         }
         Ok(())
     }

@@ -36,13 +36,13 @@ use libp2p::identity::Keypair;
 use libp2p::swarm::behaviour::toggle::Toggle;
 use libp2p::swarm::dial_opts::{DialOpts, PeerCondition};
 use libp2p::swarm::{ConnectionId, NetworkBehaviour, SwarmEvent};
-use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, noise, ping, relay, tcp};
+use libp2p::{Multiaddr, PeerId, Swarm, autonat, dcutr, mdns, ping, relay, tcp};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::auth::Access;
-use crate::config::RelayAddr;
+use crate::config::{RelayAddr, SecureChannel};
 use crate::names::{self, NamesResponse, Registrations};
 use crate::protocol::frame::Reason;
 use crate::tunnels::Tunnels;
@@ -91,6 +91,8 @@ pub struct NodeOptions {
     pub relays: Vec<RelayAddr>,
     /// LAN discovery.
     pub mdns: bool,
+    /// Secure channels for TCP and relayed connections, preferred first.
+    pub security: Vec<SecureChannel>,
     pub keepalive: Keepalive,
     /// The outcomes of our name registrations, for `status`.
     pub registrations: Registrations,
@@ -169,6 +171,7 @@ impl Node {
             false => None,
         };
         let autonat = autonat_with_relays(peer, &options.relays);
+        let security = options.security.clone();
         let reservations = Reservations::new(options.relays);
         let health = reservations.health();
         let relay_health = health.clone();
@@ -176,12 +179,15 @@ impl Node {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                (tls::Tls::new, noise::Config::new),
+                |key: &Keypair| tls::TlsOrNoise::new(key, &security),
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?
             .with_quic_config(swarm::quic_config)
-            .with_relay_client((tls::Tls::new, noise::Config::new), swarm::yamux_config)
+            .with_relay_client(
+                |key: &Keypair| tls::TlsOrNoise::new(key, &options.security),
+                swarm::yamux_config,
+            )
             .map_err(|e| build_error(&e))?
             .with_behaviour(move |key, relay_client| Behaviour {
                 gate,

@@ -42,6 +42,8 @@ use rustls::{
 };
 use tracing::debug;
 
+use crate::config::SecureChannel;
+
 pub use futures_rustls::TlsStream;
 
 /// The security protocol's name, as multistream-select negotiates it.
@@ -420,11 +422,16 @@ impl ClientCertVerifier for PeerCertificate {
 pub struct TlsOrNoise {
     tls: Tls,
     noise: noise::Config,
+    /// The protocols offered (dialling) and accepted (listening), preferred first.
+    offered: Vec<&'static str>,
 }
 
 impl fmt::Debug for TlsOrNoise {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("TlsOrNoise").field("tls", &self.tls).finish_non_exhaustive()
+        f.debug_struct("TlsOrNoise")
+            .field("tls", &self.tls)
+            .field("offered", &self.offered)
+            .finish_non_exhaustive()
     }
 }
 
@@ -444,23 +451,37 @@ fn secured_tls<C>((peer, stream): (PeerId, TlsStream<C>)) -> (PeerId, Secured<C>
     (peer, future::Either::Left(stream))
 }
 
-fn secured_noise<C>((peer, stream): (PeerId, noise::Output<C>)) -> (PeerId, Secured<C>) {
+fn secured_noise<C>(
+    (peer, stream): (PeerId, noise::Output<C>),
+    direction: &str,
+) -> (PeerId, Secured<C>) {
+    debug!(%peer, direction, "Noise connection negotiated");
     (peer, future::Either::Right(stream))
 }
 
 impl TlsOrNoise {
-    pub fn new(keypair: &Keypair) -> Result<Self, SecurityError> {
-        Ok(TlsOrNoise { tls: Tls::new(keypair)?, noise: noise::Config::new(keypair)? })
+    /// The channels in `order` (config.yaml's `security`): a dial proposes them in this
+    /// order, a listener accepts only these.
+    pub fn new(keypair: &Keypair, order: &[SecureChannel]) -> Result<Self, SecurityError> {
+        let tls = Tls::new(keypair)?;
+        let noise = noise::Config::new(keypair)?;
+        let offered = order
+            .iter()
+            .flat_map(|channel| match channel {
+                SecureChannel::Tls => tls.protocol_info().collect::<Vec<_>>(),
+                SecureChannel::Noise => noise.protocol_info().collect(),
+            })
+            .collect();
+        Ok(TlsOrNoise { tls, noise, offered })
     }
 }
 
 impl UpgradeInfo for TlsOrNoise {
     type Info = &'static str;
-    type InfoIter =
-        std::iter::Chain<<Tls as UpgradeInfo>::InfoIter, <noise::Config as UpgradeInfo>::InfoIter>;
+    type InfoIter = std::vec::IntoIter<&'static str>;
 
     fn protocol_info(&self) -> Self::InfoIter {
-        self.tls.protocol_info().chain(self.noise.protocol_info())
+        self.offered.clone().into_iter()
     }
 }
 
@@ -476,7 +497,8 @@ where
         if protocol == PROTOCOL {
             self.tls.upgrade_inbound(socket, protocol).map_ok(secured_tls).err_into().boxed()
         } else {
-            self.noise.upgrade_inbound(socket, protocol).map_ok(secured_noise).err_into().boxed()
+            let noise = self.noise.upgrade_inbound(socket, protocol);
+            noise.map_ok(|out| secured_noise(out, "inbound")).err_into().boxed()
         }
     }
 }
@@ -493,7 +515,8 @@ where
         if protocol == PROTOCOL {
             self.tls.upgrade_outbound(socket, protocol).map_ok(secured_tls).err_into().boxed()
         } else {
-            self.noise.upgrade_outbound(socket, protocol).map_ok(secured_noise).err_into().boxed()
+            let noise = self.noise.upgrade_outbound(socket, protocol);
+            noise.map_ok(|out| secured_noise(out, "outbound")).err_into().boxed()
         }
     }
 }
@@ -672,9 +695,12 @@ mod tests {
     #[tokio::test]
     async fn tls_or_noise_speaks_both() {
         let (dialler, listener) = (Keypair::generate_ed25519(), Keypair::generate_ed25519());
-        let (out, inb) =
-            handshake(Tls::new(&dialler).unwrap(), TlsOrNoise::new(&listener).unwrap(), PROTOCOL)
-                .await;
+        let (out, inb) = handshake(
+            Tls::new(&dialler).unwrap(),
+            TlsOrNoise::new(&listener, BOTH).unwrap(),
+            PROTOCOL,
+        )
+        .await;
         let (_, out) = out.unwrap();
         let (peer, inb) = inb.unwrap();
         assert_eq!(peer, dialler.public().to_peer_id());
@@ -683,7 +709,7 @@ mod tests {
 
         let (out, inb) = handshake(
             noise::Config::new(&dialler).unwrap(),
-            TlsOrNoise::new(&listener).unwrap(),
+            TlsOrNoise::new(&listener, BOTH).unwrap(),
             "/noise",
         )
         .await;
@@ -695,10 +721,16 @@ mod tests {
         exchange(out, inb).await;
     }
 
+    const BOTH: &[SecureChannel] = &[SecureChannel::Tls, SecureChannel::Noise];
+
     #[test]
-    fn both_protocols_are_offered_tls_first() {
-        let upgrade = TlsOrNoise::new(&Keypair::generate_ed25519()).unwrap();
-        let offered: Vec<_> = upgrade.protocol_info().collect();
-        assert_eq!(offered, vec![PROTOCOL, "/noise"]);
+    fn the_configured_protocols_are_offered_in_order() {
+        let key = Keypair::generate_ed25519();
+        let offered =
+            |order| -> Vec<_> { TlsOrNoise::new(&key, order).unwrap().protocol_info().collect() };
+        assert_eq!(offered(BOTH), vec![PROTOCOL, "/noise"]);
+        assert_eq!(offered(&[SecureChannel::Noise, SecureChannel::Tls]), vec!["/noise", PROTOCOL]);
+        assert_eq!(offered(&[SecureChannel::Noise]), vec!["/noise"]);
+        assert_eq!(offered(&[SecureChannel::Tls]), vec![PROTOCOL]);
     }
 }

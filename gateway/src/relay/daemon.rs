@@ -101,9 +101,15 @@ impl RelayDaemon {
             }
         };
         let control = control.with_registry(registry.clone());
-        let mut node =
-            RelayNode::build(keypair, access.clone(), &config.relay.limits, keepalive, setup)?
-                .with_registry(registry.clone());
+        let mut node = RelayNode::build(
+            keypair,
+            access.clone(),
+            &config.relay.limits,
+            keepalive,
+            &config.security,
+            setup,
+        )?
+        .with_registry(registry.clone());
         let listen: Vec<Multiaddr> = config.relay.listen.iter().map(|a| a.0.clone()).collect();
         let external: Vec<Multiaddr> =
             config.relay.external_addresses.iter().map(|a| a.0.clone()).collect();

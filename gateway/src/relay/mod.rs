@@ -207,12 +207,14 @@ fn relay_config(limits: &RelayLimits, access: &Arc<Access>) -> relay::Config {
 }
 
 impl RelayNode {
-    /// Build the relay's swarm: TCP (our TLS or Noise, yamux) and QUIC, every connection counted.
+    /// Build the relay's swarm: TCP (TLS and/or Noise as `security` lists them; yamux) and
+    /// QUIC, every connection counted.
     pub fn build(
         keypair: Keypair,
         access: Arc<Access>,
         limits: &RelayLimits,
         keepalive: Keepalive,
+        security: &[crate::config::SecureChannel],
         names_setup: NamesSetup,
     ) -> Result<RelayNode, NodeError> {
         let traffic = Arc::new(Traffic::default());
@@ -225,7 +227,7 @@ impl RelayNode {
                     let (for_tcp, for_quic) = (counted.clone(), counted);
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                         .upgrade(Version::V1Lazy)
-                        .authenticate(tls::TlsOrNoise::new(key)?)
+                        .authenticate(tls::TlsOrNoise::new(key, security)?)
                         .multiplex(swarm::yamux_config())
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
