@@ -63,10 +63,6 @@ CFG = {
     "parallel": 8,
 }
 
-NOISE_TODO = ("TODO: needs a knob: a gateway dials with TLS and Noise offered, TLS first, and a "
-              "peerup listener always accepts TLS; nothing in config.yaml (configs/reference.yaml) "
-              "forces Noise on gateway-to-gateway TCP connections, so this row is not measured")
-
 
 def log(msg):
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
@@ -520,7 +516,7 @@ class Bench:
         self.a_home = Home(b, "A")
         self.aq_home = Home(b, "A_q")
         self.ar_home = Home(b, "A_r")
-        names = ["B_tcp", "B_quic", "B_relay", "B_reg", "B_cold"]
+        names = ["B_tcp", "B_noise", "B_quic", "B_relay", "B_reg", "B_cold"]
         self.b_homes = {n: Home(b, n) for n in names}
         # R: the relay and the network `lab`'s registrar.
         self.r_port = free_port(udp_too=True)
@@ -550,7 +546,7 @@ class Bench:
         self.aq_home.write("config.yaml", gateway_config(extra=services, only="quic"))
         self.ar_home.write("config.yaml", gateway_config(extra=services + (
             f"networks:\n  lab: {{ relays: [{self.r_addr}], registrar: {self.r_home.peer_id}, register_as: home }}\n")))
-        for n in ("B_tcp", "B_cold"):
+        for n in ("B_tcp", "B_noise", "B_cold"):
             self.a_home.allow(self.b_homes[n].peer_id)
         for n in ("B_quic", "B_cold"):
             self.aq_home.allow(self.b_homes[n].peer_id)
@@ -571,6 +567,9 @@ class Bench:
         dns_names = "".join(f"  n{i}.alice: {self.a_tcp}\n" for i in range(1, 9))
         self.b_homes["B_tcp"].write("config.yaml", gateway_config(
             extra=f"names:\n  home.alice: {self.a_tcp}\n{dns_names}", only="tcp"))
+        # B_noise: the same, with `security: [noise]`, so its connection to A is Noise, not TLS.
+        self.b_homes["B_noise"].write("config.yaml", gateway_config(
+            extra=f"security: [noise]\nnames:\n  home.alice: {self.a_tcp}\n", only="tcp"))
         self.b_homes["B_quic"].write("config.yaml", gateway_config(
             extra=f"names:\n  home.alice: {self.a_quic}\n", only="quic"))
         # B_relay: names A_r by its peer ID only, in network lab: dialled through the relay.
@@ -582,7 +581,7 @@ class Bench:
             f"networks:\n  lab: {{ relays: [{self.r_addr}], registrar: {self.r_home.peer_id} }}\n")).replace(
             "dns: { listen: 127.0.0.1:0 }", "dns: { listen: 127.0.0.1:0, ttl: 1s }"))
         self.b = {}
-        for n in ("B_tcp", "B_quic", "B_relay", "B_reg"):
+        for n in ("B_tcp", "B_noise", "B_quic", "B_relay", "B_reg"):
             self.b[n] = Daemon(self.procs, self.b_homes[n])
             if n in ("B_relay", "B_reg"):
                 self.firewall.block_node(self.b[n].state)
@@ -671,7 +670,8 @@ class Bench:
         ps = [
             Path("raw", "raw TCP (no proxy)", http=self.http_port, echo=self.echo_port),
             Path("tls", "peerup TCP+TLS (default)", proxy=self.b["B_tcp"].socks(), pids=[a, self.b["B_tcp"].pid], **ours),
-            Path("noise", "peerup TCP+Noise", todo=NOISE_TODO, group="peerup"),
+            Path("noise", "peerup TCP+Noise (security: [noise])", proxy=self.b["B_noise"].socks(),
+                 pids=[a, self.b["B_noise"].pid], **ours),
             Path("quic", "peerup QUIC", proxy=self.b["B_quic"].socks(), pids=[self.aq.pid, self.b["B_quic"].pid], **ours),
             Path("relay", "peerup via relay R (circuit)", proxy=self.b["B_relay"].socks(), host="home.lab.p2p",
                  http=80, echo=7, pids=[self.ar.pid, self.b["B_relay"].pid, self.r.pid], group="peerup"),
@@ -993,8 +993,6 @@ class Bench:
                     dante = None
                 paths = self.paths(ssh, dante)
                 self.results["paths"] = [(p.key, p.label, p.group, p.todo) for p in paths]
-                if any(p.todo for p in paths):
-                    log(NOISE_TODO)
                 self.results["throughput"] = self.phase("throughput", self.throughput, paths)
                 self.results["relay_connections_after_throughput"] = self.relay_path_check()
                 self.results["tcp_connections_after_throughput"] = self.connections("B_tcp", self.a_home)

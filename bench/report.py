@@ -114,9 +114,9 @@ def render(res):
         if own:
             out.append("CPU s/GiB of the peerup daemons alone (A and B, and R on the relay path), download: "
                        + "; ".join(own) + ".\n")
-        out.append("On the relay path the hops B_relay→R and A_r→R are TCP connections to a peerup relay, which "
-                   "speaks Noise only; the circuit through R carries its own end-to-end TLS session between B_relay "
-                   "and A_r, so every byte is encrypted twice and R forwards it once.\n")
+        out.append("On the relay path the hops B_relay→R and A_r→R are TCP connections to a peerup relay, secured "
+                   "with TLS like the direct path; the circuit through R carries its own end-to-end TLS session between "
+                   "B_relay and A_r, so every byte is encrypted twice and R forwards it once.\n")
         tc = res.get("tcp_connections_after_throughput")
         if tc is not None:
             out.append(f"B_tcp's connections to A after the transfers (path, transport, who dialled, age): "
