@@ -278,7 +278,6 @@ async fn the_security_list_picks_the_channel() {
     let home_c = support::Home::init();
     home_a.write_config(&format!("services:\n  web: {{ local_address: {web}, port: 80 }}\n"));
     home_a.allow(&home_b.peer_id, None);
-    home_a.allow(&home_c.peer_id, None);
     let a = support::Daemon::start(&home_a);
     let names = format!("names:\n  home.alice: {}\n", a.tcp_multiaddr());
     home_b.write_config(&format!("security: [noise]\n{names}"));

@@ -54,16 +54,14 @@ impl Config {
         if self.security.is_empty() {
             return Err(ConfigError::invalid(path, "security", "needs tls, noise or both"));
         }
-        let mut seen = Vec::new();
-        for channel in &self.security {
-            if seen.contains(channel) {
+        for (i, channel) in self.security.iter().enumerate() {
+            if self.security[..i].contains(channel) {
                 return Err(ConfigError::invalid(
                     path,
                     "security",
                     format!("{channel:?} is listed twice").to_lowercase(),
                 ));
             }
-            seen.push(*channel);
         }
         Ok(())
     }

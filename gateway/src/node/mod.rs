@@ -185,7 +185,7 @@ impl Node {
             .map_err(|e| build_error(&e))?
             .with_quic_config(swarm::quic_config)
             .with_relay_client(
-                |key: &Keypair| tls::TlsOrNoise::new(key, &options.security),
+                |key: &Keypair| tls::TlsOrNoise::new(key, &security),
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?

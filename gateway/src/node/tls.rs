@@ -15,8 +15,8 @@
 //! of our nodes on AES-capable machines use AES-128-GCM, and a stock dialler still gets the
 //! ChaCha20 it asks for. Session keys are never logged (no `SSLKEYLOGFILE`).
 //!
-//! [`TlsOrNoise`] offers this upgrade first and Noise second, for transports we build by hand
-//! (the relay's TCP); swarms built with `SwarmBuilder` pass `(Tls::new, noise::Config::new)`.
+//! [`TlsOrNoise`] offers this upgrade and Noise in the order config.yaml's `security` lists
+//! them, on the gateway's TCP and relayed connections and on the relay's TCP.
 
 use std::fmt;
 use std::net::{IpAddr, Ipv4Addr};
@@ -416,7 +416,7 @@ impl ClientCertVerifier for PeerCertificate {
     }
 }
 
-/// Our TLS first, Noise second, for transports built by hand: the dialler proposes both in
+/// Our TLS and Noise, as many and in the order `security` lists: the dialler proposes them in
 /// that order and the listener takes the first it supports.
 #[derive(Clone)]
 pub struct TlsOrNoise {
