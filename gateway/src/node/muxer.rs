@@ -157,14 +157,14 @@ const INBOUND_BUFFER: usize = 256;
 /// [`StreamMuxer::poll_inbound`] takes them.
 #[derive(Debug)]
 pub struct YamuxMuxer<C> {
-    connection: yamux::Connection<C>,
+    connection: yamux::Connection<Coalesce<C>>,
     inbound: std::collections::VecDeque<yamux::Stream>,
     inbound_waker: Option<std::task::Waker>,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
     fn new(socket: C, config: yamux::Config, mode: yamux::Mode) -> Bounded<Self> {
-        let connection = yamux::Connection::new(socket, config, mode);
+        let connection = yamux::Connection::new(Coalesce::new(socket), config, mode);
         Bounded::new(YamuxMuxer {
             connection,
             inbound: std::collections::VecDeque::new(),
@@ -179,6 +179,87 @@ impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
             Poll::Ready(None) => Poll::Ready(Err(YamuxError(yamux::ConnectionError::Closed))),
             Poll::Pending => Poll::Pending,
         }
+    }
+}
+
+/// Bytes gathered from yamux's writes before they go to the secure channel: one TLS record's
+/// worth of plaintext.
+const COALESCE: usize = 16 * 1024;
+
+/// yamux's writes, gathered until it flushes (or [`COALESCE`] bytes are waiting).
+///
+/// yamux writes each frame's 12-byte header and its body as two writes and flushes after every
+/// frame; under TLS each write became a record and a socket write of its own (opening a tunnel
+/// took ten records between the gateways, each a syscall on one side and a decryption on the
+/// other). Gathered, a small frame's header and body leave as one record. Writes of [`COALESCE`] bytes or more (bulk data) pass straight through once
+/// what was gathered before them is written: no extra copy.
+#[derive(Debug)]
+pub struct Coalesce<C> {
+    inner: C,
+    buf: Vec<u8>,
+    /// Bytes of `buf` already written to `inner`.
+    sent: usize,
+}
+
+impl<C> Coalesce<C> {
+    fn new(inner: C) -> Self {
+        Coalesce { inner, buf: Vec::new(), sent: 0 }
+    }
+}
+
+impl<C: AsyncWrite + Unpin> Coalesce<C> {
+    /// Write everything gathered to `inner`.
+    fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        while self.sent < self.buf.len() {
+            match std::task::ready!(
+                Pin::new(&mut self.inner).poll_write(cx, &self.buf[self.sent..])
+            ) {
+                Ok(0) => return Poll::Ready(Err(std::io::ErrorKind::WriteZero.into())),
+                Ok(n) => self.sent += n,
+                Err(e) => return Poll::Ready(Err(e)),
+            }
+        }
+        self.buf.clear();
+        self.sent = 0;
+        Poll::Ready(Ok(()))
+    }
+}
+
+impl<C: AsyncRead + Unpin> AsyncRead for Coalesce<C> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        data: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        if this.buf.len() + data.len() > COALESCE {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        if data.len() >= COALESCE {
+            return Pin::new(&mut this.inner).poll_write(cx, data);
+        }
+        this.buf.extend_from_slice(data);
+        Poll::Ready(Ok(data.len()))
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        Pin::new(&mut self.inner).poll_close(cx)
     }
 }
 
@@ -290,5 +371,42 @@ mod tests {
         let started = tokio::time::Instant::now();
         Bounded::new(Stuck).close().await.unwrap();
         assert_eq!(started.elapsed(), CLOSE_DEADLINE);
+    }
+
+    /// Records each write it is given.
+    #[derive(Default)]
+    struct Writes(Vec<Vec<u8>>);
+
+    impl AsyncWrite for Writes {
+        fn poll_write(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            data: &[u8],
+        ) -> Poll<std::io::Result<usize>> {
+            self.0.push(data.to_vec());
+            Poll::Ready(Ok(data.len()))
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    #[tokio::test]
+    async fn small_writes_leave_together_at_the_flush_and_bulk_passes_through() {
+        use futures::AsyncWriteExt;
+        let mut io = Coalesce::new(Writes::default());
+        io.write_all(&[1; 12]).await.unwrap();
+        io.write_all(&[2; 30]).await.unwrap();
+        assert!(io.inner.0.is_empty(), "nothing written before the flush");
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.0, vec![[[1; 12].as_slice(), &[2; 30]].concat()]);
+        // A header, then a body too large to gather: the header leaves first, the body as is.
+        io.write_all(&[3; 12]).await.unwrap();
+        io.write_all(&vec![4; COALESCE]).await.unwrap();
+        io.close().await.unwrap();
+        assert_eq!(io.inner.0[1..], [vec![3; 12], vec![4; COALESCE]]);
     }
 }
