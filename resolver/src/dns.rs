@@ -416,9 +416,7 @@ fn form_error(query: &[u8], reply: UdpReply, error: &dyn std::fmt::Display) {
     debug!(%error, "DNS over UDP: a query that does not parse");
     let mut metadata = Metadata::response_from_request(&header.metadata);
     metadata.response_code = ResponseCode::FormErr;
-    let mut bytes = Vec::with_capacity(12);
-    let header = Header { metadata, counts: HeaderCounts::default() };
-    if header.emit(&mut BinEncoder::new(&mut bytes)).is_ok() {
+    if let Ok((_, bytes)) = bare_reply(metadata) {
         reply.send(bytes);
     }
 }
@@ -456,42 +454,35 @@ impl ResponseHandler for UdpReply {
             impl Iterator<Item = &'a Record> + Send + 'a,
         >,
     ) -> Result<ResponseInfo, NetError> {
-        let (info, bytes) = encode_udp(response)?;
+        // At most the client's EDNS payload size, 512 bytes without EDNS (past it the encoder
+        // truncates and sets TC); an answer that cannot be encoded becomes SERVFAIL.
+        let max = response.edns().map_or(512, |edns| edns.max_payload());
+        let id = response.metadata().id;
+        let mut bytes = Vec::with_capacity(512);
+        let mut encoder = BinEncoder::new(&mut bytes);
+        encoder.set_max_size(max);
+        let info = match response.destructive_emit(&mut encoder) {
+            Ok(info) => info,
+            Err(error) => {
+                warn!(%error, "a DNS answer could not be encoded: SERVFAIL");
+                let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
+                metadata.response_code = ResponseCode::ServFail;
+                let (header, header_bytes) = bare_reply(metadata)?;
+                bytes = header_bytes;
+                ResponseInfo::from(header)
+            }
+        };
         self.send(bytes);
         Ok(info)
     }
 }
 
-/// Encode a response for UDP: at most the client's EDNS payload size, 512 bytes without EDNS
-/// (past it the encoder truncates and sets TC); an answer that cannot be encoded becomes
-/// SERVFAIL.
-fn encode_udp<'a>(
-    response: MessageResponse<
-        '_,
-        'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-        impl Iterator<Item = &'a Record> + Send + 'a,
-    >,
-) -> Result<(ResponseInfo, Vec<u8>), NetError> {
-    let max = response.edns().map_or(512, |edns| edns.max_payload());
-    let id = response.metadata().id;
-    let mut bytes = Vec::with_capacity(512);
-    let mut encoder = BinEncoder::new(&mut bytes);
-    encoder.set_max_size(max);
-    match response.destructive_emit(&mut encoder) {
-        Ok(info) => Ok((info, bytes)),
-        Err(error) => {
-            warn!(%error, "a DNS answer could not be encoded: SERVFAIL");
-            bytes.clear();
-            let mut metadata = Metadata::new(id, MessageType::Response, OpCode::Query);
-            metadata.response_code = ResponseCode::ServFail;
-            let header = Header { metadata, counts: HeaderCounts::default() };
-            header.emit(&mut BinEncoder::new(&mut bytes))?;
-            Ok((ResponseInfo::from(header), bytes))
-        }
-    }
+/// A reply that is only a header (no records).
+fn bare_reply(metadata: Metadata) -> Result<(Header, Vec<u8>), NetError> {
+    let header = Header { metadata, counts: HeaderCounts::default() };
+    let mut bytes = Vec::with_capacity(12);
+    header.emit(&mut BinEncoder::new(&mut bytes))?;
+    Ok((header, bytes))
 }
 
 /// UDP and TCP on the same port: with port 0, try free UDP ports until TCP gets the same one.
