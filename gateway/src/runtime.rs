@@ -159,7 +159,6 @@ impl Runtime {
         let Parts { home, state, control, node, node_task, stop, addrs } = parts;
         write_state(&home, &state);
         let background = TaskTracker::new();
-        background.spawn_blocking(crate::node::tls::seed_random);
         let (reload_tx, reload_rx) = mpsc::channel(8);
         background.spawn(reload::run(reloader, reload_rx, stop.clone()));
         background.spawn(control.run(node, reload_tx, stop.clone()));

@@ -73,7 +73,8 @@ fn innermost(error: &(dyn Error + 'static)) -> String {
 }
 
 /// The relay of a `…/p2p/<relay>/p2p-circuit/…` address.
-fn relay_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
+/// The relay a circuit address goes through; `None` for a direct address.
+pub(super) fn relay_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     let mut relay = None;
     for protocol in addr.iter() {
         match protocol {

@@ -234,18 +234,6 @@ where
     }
 }
 
-/// Seed the TLS library's random generator now, off the connection path. aws-lc seeds its
-/// process-wide generator from CPU jitter on first use: about 30 ms of CPU that would
-/// otherwise land inside the first handshake (a cold connection on loopback took ~35 ms
-/// instead of ~5). The daemons call this once at start, on a blocking thread.
-pub fn seed_random() {
-    let mut seed = [0u8; 32];
-    if provider().secure_random.fill(&mut seed).is_err() {
-        // The first handshake will meet the same failure and report it.
-        tracing::debug!("the TLS library's random generator did not answer at start");
-    }
-}
-
 /// The peer named by the one certificate the handshake verified.
 fn peer_of(state: &CommonState) -> Result<PeerId, TlsError> {
     let Some([certificate]) = state.peer_certificates() else {

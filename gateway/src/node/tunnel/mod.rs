@@ -11,7 +11,9 @@
 //! connection that closes before any tunnel stream succeeded on it fails its pending requests
 //! with [`OpenError::ClosedAtHandshake`]: that is how the peer's handshake gate looks from here.
 //! A connection found dead ([`Behaviour::retire`]) gets no new streams; the next open dials
-//! again. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
+//! again. A dial through a relay we are still connecting to (at start-up, the reservation's
+//! dial) waits for that connection: libp2p's relay client would fail it at once, as it will not
+//! dial a peer that is being dialled. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
 //! most [`MAX_REFUSALS`] at once, aborted when the behaviour is dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -34,7 +36,7 @@ use tokio_util::compat::FuturesAsyncReadCompatExt;
 use tracing::{debug, warn};
 
 use super::command::Opened;
-use super::dial_error::describe;
+use super::dial_error::{describe, relay_of};
 use super::reservations::RelayHealth;
 use crate::protocol::{self, Request, Response, Status};
 
@@ -133,8 +135,12 @@ pub struct Behaviour {
     connections: HashMap<PeerId, Vec<Conn>>,
     /// Requests waiting for a connection to their peer.
     waiting: HashMap<PeerId, Vec<Reply>>,
-    /// Our dials in flight.
+    /// Our dials in flight (or parked).
     dials: HashMap<ConnectionId, PeerId>,
+    /// Every outbound connection attempt in flight, ours or another behaviour's, by peer.
+    outbound: HashMap<ConnectionId, PeerId>,
+    /// Our dials through a relay, waiting for the connection to that relay being made.
+    parked: HashMap<PeerId, Vec<DialOpts>>,
     /// Requests handed to a connection's handler, by request id.
     in_flight: HashMap<u64, (ConnectionId, Reply)>,
     next_id: u64,
@@ -158,6 +164,8 @@ impl Behaviour {
             connections: HashMap::new(),
             waiting: HashMap::new(),
             dials: HashMap::new(),
+            outbound: HashMap::new(),
+            parked: HashMap::new(),
             in_flight: HashMap::new(),
             next_id: 0,
             events: VecDeque::new(),
@@ -208,10 +216,7 @@ impl Behaviour {
                 let _ = reply.send(Err(OpenError::NoAddress));
                 return;
             }
-            let opts =
-                DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
-            self.dials.insert(opts.connection_id(), peer);
-            self.events.push_back(ToSwarm::Dial { opts });
+            self.dial(peer, addrs);
         }
         self.waiting.entry(peer).or_default().push(reply);
     }
@@ -230,10 +235,48 @@ impl Behaviour {
             return;
         }
         debug!(%peer, "warming a path");
+        self.dial(peer, addrs);
+    }
+
+    /// Dial `peer` at `addrs`, or park the dial when every address goes through a relay we are
+    /// not connected to yet but are connecting to.
+    fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
+        let relay = self.relay_being_dialled(&addrs);
         let opts =
             DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
         self.dials.insert(opts.connection_id(), peer);
-        self.events.push_back(ToSwarm::Dial { opts });
+        match relay {
+            Some(relay) => {
+                debug!(%peer, %relay, "waiting for the connection to the relay before dialling through it");
+                self.parked.entry(relay).or_default().push(opts);
+            }
+            None => self.events.push_back(ToSwarm::Dial { opts }),
+        }
+    }
+
+    /// The relay to wait for before dialling `addrs`: all of them are circuits, none through a
+    /// relay we are connected to, and a connection to one of their relays is being made.
+    fn relay_being_dialled(&self, addrs: &[Multiaddr]) -> Option<PeerId> {
+        let relays: Vec<PeerId> = addrs.iter().map(relay_of).collect::<Option<_>>()?;
+        let direct = |relay: &PeerId| {
+            self.connections.get(relay).is_some_and(|conns| conns.iter().any(|c| !c.relayed))
+        };
+        if relays.is_empty() || relays.iter().any(direct) {
+            return None;
+        }
+        relays.into_iter().find(|relay| self.outbound.values().any(|p| p == relay))
+    }
+
+    /// The attempt `connection` to `peer` ended: when no other attempt to it is left, the dials
+    /// parked for it go ahead (through the connection made, or failing on their own).
+    fn outbound_ended(&mut self, connection: ConnectionId) {
+        let Some(peer) = self.outbound.remove(&connection) else { return };
+        if self.outbound.values().any(|p| *p == peer) {
+            return;
+        }
+        for opts in self.parked.remove(&peer).unwrap_or_default() {
+            self.events.push_back(ToSwarm::Dial { opts });
+        }
     }
 
     fn send_to_handler(&mut self, peer: PeerId, connection: ConnectionId, reply: Reply) {
@@ -274,6 +317,7 @@ impl Behaviour {
     /// A new connection: remember it, and hand it the opens that waited for it.
     fn on_established(&mut self, e: libp2p::swarm::behaviour::ConnectionEstablished<'_>) {
         self.dials.remove(&e.connection_id);
+        self.outbound_ended(e.connection_id);
         let conn = Conn {
             id: e.connection_id,
             relayed: e.endpoint.is_relayed(),
@@ -334,6 +378,7 @@ impl Behaviour {
     }
 
     fn on_dial_failure(&mut self, dial: ConnectionId, error: &libp2p::swarm::DialError) {
+        self.outbound_ended(dial);
         let Some(peer) = self.dials.remove(&dial) else { return };
         if self.connections.contains_key(&peer) {
             return;
@@ -348,6 +393,10 @@ impl Behaviour {
 
 /// Opens waiting for a connection to one peer.
 const MAX_WAITING_PER_PEER: usize = 1024;
+
+/// Outbound attempts remembered (past this, a dial through a relay being connected to goes
+/// ahead at once, and is tried again by the connector when it fails).
+const MAX_OUTBOUND_TRACKED: usize = 4096;
 
 /// Answer a stream we will not serve, so the opener gets a reason instead of a reset. The
 /// request is read first: answering and closing before the opener finished writing it would
@@ -373,6 +422,21 @@ impl NetworkBehaviour for Behaviour {
         _: &Multiaddr,
     ) -> Result<THandler<Self>, ConnectionDenied> {
         Ok(Handler::default())
+    }
+
+    fn handle_pending_outbound_connection(
+        &mut self,
+        connection: ConnectionId,
+        peer: Option<PeerId>,
+        _: &[Multiaddr],
+        _: Endpoint,
+    ) -> Result<Vec<Multiaddr>, ConnectionDenied> {
+        if let Some(peer) = peer
+            && self.outbound.len() < MAX_OUTBOUND_TRACKED
+        {
+            self.outbound.insert(connection, peer);
+        }
+        Ok(Vec::new())
     }
 
     fn handle_established_outbound_connection(
@@ -434,5 +498,122 @@ impl NetworkBehaviour for Behaviour {
             Some(event) => Poll::Ready(event),
             None => Poll::Pending,
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::task::Waker;
+
+    use libp2p::core::ConnectedPoint;
+    use libp2p::swarm::behaviour::{ConnectionEstablished, DialFailure};
+    use libp2p::swarm::{DialError, NetworkBehaviour};
+
+    use super::*;
+
+    fn circuit(relay: PeerId, target: PeerId) -> Multiaddr {
+        format!("/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{target}").parse().unwrap()
+    }
+
+    /// The peers the behaviour asks the swarm to dial now.
+    fn dials(behaviour: &mut Behaviour) -> Vec<Option<PeerId>> {
+        let mut cx = Context::from_waker(Waker::noop());
+        let mut peers = Vec::new();
+        while let Poll::Ready(event) = behaviour.poll(&mut cx) {
+            if let ToSwarm::Dial { opts } = event {
+                peers.push(opts.get_peer_id());
+            }
+        }
+        peers
+    }
+
+    fn behaviour() -> Behaviour {
+        let (inbound, _) = mpsc::channel(1);
+        Behaviour::new(inbound, RelayHealth::default())
+    }
+
+    fn attempt(behaviour: &mut Behaviour, id: usize, peer: PeerId) -> ConnectionId {
+        let connection = ConnectionId::new_unchecked(id);
+        let pending = behaviour.handle_pending_outbound_connection(
+            connection,
+            Some(peer),
+            &[],
+            Endpoint::Dialer,
+        );
+        assert!(pending.is_ok());
+        connection
+    }
+
+    fn established(behaviour: &mut Behaviour, peer: PeerId, connection: ConnectionId) {
+        let endpoint = ConnectedPoint::Dialer {
+            address: "/ip4/127.0.0.1/tcp/4001".parse().unwrap(),
+            role_override: Endpoint::Dialer,
+            port_use: PortUse::Reuse,
+        };
+        behaviour.on_swarm_event(FromSwarm::ConnectionEstablished(ConnectionEstablished {
+            peer_id: peer,
+            connection_id: connection,
+            endpoint: &endpoint,
+            failed_addresses: &[],
+            other_established: 0,
+        }));
+    }
+
+    #[test]
+    fn a_dial_through_a_relay_being_connected_to_waits_for_that_connection() {
+        let (relay, target) = (PeerId::random(), PeerId::random());
+        let mut b = behaviour();
+        let to_relay = attempt(&mut b, 1, relay);
+        let (reply, _answer) = oneshot::channel();
+        b.open(target, vec![circuit(relay, target)], reply);
+        assert_eq!(dials(&mut b), vec![], "dialled through the relay before reaching it");
+        established(&mut b, relay, to_relay);
+        assert_eq!(dials(&mut b), vec![Some(target)]);
+        // A second open while that dial is out joins it.
+        let (reply, _answer) = oneshot::channel();
+        b.open(target, vec![circuit(relay, target)], reply);
+        assert_eq!(dials(&mut b), vec![]);
+    }
+
+    #[test]
+    fn a_parked_dial_goes_ahead_when_the_relay_cannot_be_reached() {
+        let (relay, target) = (PeerId::random(), PeerId::random());
+        let mut b = behaviour();
+        let first = attempt(&mut b, 1, relay);
+        let second = attempt(&mut b, 2, relay);
+        let (reply, _answer) = oneshot::channel();
+        b.warm(target, vec![circuit(relay, target)]);
+        b.open(target, vec![circuit(relay, target)], reply);
+        let failure = |connection| DialFailure {
+            peer_id: Some(relay),
+            error: &DialError::Aborted,
+            connection_id: connection,
+        };
+        b.on_swarm_event(FromSwarm::DialFailure(failure(first)));
+        assert_eq!(dials(&mut b), vec![], "one attempt to the relay is still under way");
+        b.on_swarm_event(FromSwarm::DialFailure(failure(second)));
+        assert_eq!(dials(&mut b), vec![Some(target)]);
+    }
+
+    #[test]
+    fn dials_go_at_once_when_nothing_is_to_be_waited_for() {
+        let (relay, target) = (PeerId::random(), PeerId::random());
+        let mut b = behaviour();
+        // No attempt to the relay under way: the relay client dials it itself.
+        b.warm(target, vec![circuit(relay, target)]);
+        assert_eq!(dials(&mut b), vec![Some(target)]);
+        // A direct address among them: that one may work without the relay.
+        let other = PeerId::random();
+        attempt(&mut b, 1, relay);
+        let direct = "/ip4/127.0.0.1/tcp/4002".parse().unwrap();
+        b.warm(other, vec![circuit(relay, other), direct]);
+        assert_eq!(dials(&mut b), vec![Some(other)]);
+        // Connected to the relay already (and dialling it again): through the connection made.
+        let third = PeerId::random();
+        let to_relay = attempt(&mut b, 2, relay);
+        established(&mut b, relay, to_relay);
+        attempt(&mut b, 3, relay);
+        b.warm(third, vec![circuit(relay, third)]);
+        assert_eq!(dials(&mut b), vec![Some(third)]);
     }
 }
