@@ -886,9 +886,6 @@ class Bench:
                     if not wait_for(lambda: home.state(p.pid), 10, step=0.001):
                         raise RuntimeError("never ready")
                     row["ready_ms"] = (time.perf_counter() - t0) * 1000
-                    if kind == "tcp":
-                        time.sleep(0.5)
-                        row["idle_rss_kib"] = rss_kib(p.pid)
                     t1 = time.perf_counter()
                     probes.exchange(("127.0.0.1", port), name, 7)
                     row["first_ms"] = (time.perf_counter() - t1) * 1000
@@ -902,7 +899,27 @@ class Bench:
                 rows.append(row)
                 log(f"cold {kind} {i + 1}: {row}")
             res[kind] = rows
+        res["idle_rss_kib"] = self.idle_rss(home)
         return res
+
+    def idle_rss(self, home):
+        """RSS of a fresh gateway B (TCP, nothing connected) 0.5 s after it is ready, 3 times."""
+        extra = f"names:\n  home.alice: {self.a_tcp}\n"
+        home.write("config.yaml", gateway_config(socks_port=free_port(), extra=extra, only="tcp"))
+        rss = []
+        for _ in range(3):
+            try:
+                os.unlink(os.path.join(home.dir, "state.json"))
+            except FileNotFoundError:
+                pass
+            p = self.procs.start("B_cold-idle", [BIN, "--home", home.dir, "run"])
+            try:
+                if wait_for(lambda: home.state(p.pid), 10, step=0.001):
+                    time.sleep(0.5)
+                    rss.append(rss_kib(p.pid))
+            finally:
+                self.procs.kill(p)
+        return rss
 
     def connections(self, b_name, to_home):
         st = self.b_homes[b_name].status() or {}

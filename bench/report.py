@@ -266,11 +266,11 @@ def render(res):
 
     out.append("## Footprint\n")
     m2 = res.get("machine", {})
-    idle_b = [r.get("idle_rss_kib") for r in ((res.get("cold") or {}).get("tcp") or []) if isinstance(r, dict)]
+    idle_b = (res.get("cold") or {}).get("idle_rss_kib") or []
     rows = [["idle RSS of gateway A after start (TCP only, two services, no tunnel yet)", mib(res.get("idle_rss_a_kib"))],
             ["idle RSS of gateway A_r after start (two services, a reservation on R, its name registered)",
              mib(res.get("idle_rss_ar_kib"))],
-            ["idle RSS of a fresh gateway B 0.5 s after ready (median)", mib(med(idle_b))],
+            ["idle RSS of a fresh gateway B 0.5 s after ready (median of 3)", mib(med(idle_b))],
             ["RSS at the end of the run: A / A_q / A_r / B_tcp / relay R",
              " / ".join(mib((res.get("rss_end_kib") or {}).get(k)) for k in ("A", "A_q", "A_r", "B_tcp", "R"))],
             ["release binary (`target/release/peerup`, as built: symbols kept, debug info stripped)", f"{m2.get('binary_bytes', 0) / 1e6:.1f} MB"],
