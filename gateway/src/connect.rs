@@ -200,9 +200,11 @@ impl Gateway {
     }
 
     /// Open a stream, trying again after a failed dial or a connection that died under the
-    /// attempt: a dial through a relay fails while our own connection to that relay is still
-    /// being made (at start-up, after the relay restarted), and a connection through a relay
-    /// that was restarted dies once the path is found dead; a moment later a new dial works.
+    /// attempt: a dial through a relay fails when our connection to that relay failed or is
+    /// still being made while another relay of the same dial failed (the node holds a dial
+    /// only while every relay it could take is being connected to), and a connection through a
+    /// relay that was restarted dies once the path is found dead; a moment later a new dial
+    /// works.
     /// The caller bounds the whole attempt.
     /// `last_error` keeps the latest failure, for the message when the deadline cuts retries.
     async fn open(

@@ -72,8 +72,7 @@ fn innermost(error: &(dyn Error + 'static)) -> String {
     said
 }
 
-/// The relay of a `…/p2p/<relay>/p2p-circuit/…` address.
-/// The relay a circuit address goes through; `None` for a direct address.
+/// The relay of a `…/p2p/<relay>/p2p-circuit/…` address; `None` for a direct address.
 pub(super) fn relay_of(addr: &Multiaddr) -> Option<libp2p::PeerId> {
     let mut relay = None;
     for protocol in addr.iter() {

@@ -11,9 +11,10 @@
 //! connection that closes before any tunnel stream succeeded on it fails its pending requests
 //! with [`OpenError::ClosedAtHandshake`]: that is how the peer's handshake gate looks from here.
 //! A connection found dead ([`Behaviour::retire`]) gets no new streams; the next open dials
-//! again. A dial through a relay we are still connecting to (at start-up, the reservation's
-//! dial) waits for that connection: libp2p's relay client would fail it at once, as it will not
-//! dial a peer that is being dialled. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
+//! again. A dial whose every address goes through a relay we are still connecting to (at
+//! start-up, the reservation's dial) waits until one of those connections is made or all of
+//! them failed: libp2p's relay client would fail it at once, as it will not dial a relay that is
+//! being dialled. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
 //! most [`MAX_REFUSALS`] at once, aborted when the behaviour is dropped.
 
 use std::collections::{HashMap, HashSet, VecDeque};
@@ -139,8 +140,9 @@ pub struct Behaviour {
     dials: HashMap<ConnectionId, PeerId>,
     /// Every outbound connection attempt in flight, ours or another behaviour's, by peer.
     outbound: HashMap<ConnectionId, PeerId>,
-    /// Our dials through a relay, waiting for the connection to that relay being made.
-    parked: HashMap<PeerId, Vec<DialOpts>>,
+    /// Our dials through relays, waiting for a connection to one of them being made: the
+    /// peer, the addresses and the dial (at most one per peer, as `dials`).
+    parked: Vec<(PeerId, Vec<Multiaddr>, DialOpts)>,
     /// Requests handed to a connection's handler, by request id.
     in_flight: HashMap<u64, (ConnectionId, Reply)>,
     next_id: u64,
@@ -165,7 +167,7 @@ impl Behaviour {
             waiting: HashMap::new(),
             dials: HashMap::new(),
             outbound: HashMap::new(),
-            parked: HashMap::new(),
+            parked: Vec::new(),
             in_flight: HashMap::new(),
             next_id: 0,
             events: VecDeque::new(),
@@ -207,6 +209,10 @@ impl Behaviour {
             return self.send_to_handler(peer, connection, reply);
         }
         let dialing = self.dials.values().any(|p| *p == peer);
+        if let Some(waiting) = self.waiting.get_mut(&peer) {
+            // Requesters that gave up (their deadline passed) hold no place.
+            waiting.retain(|reply| !reply.is_closed());
+        }
         if self.waiting.get(&peer).is_some_and(|w| w.len() >= MAX_WAITING_PER_PEER) {
             let _ = reply.send(Err(OpenError::Dial("too many opens waiting for this peer".into())));
             return;
@@ -238,44 +244,50 @@ impl Behaviour {
         self.dial(peer, addrs);
     }
 
-    /// Dial `peer` at `addrs`, or park the dial when every address goes through a relay we are
-    /// not connected to yet but are connecting to.
+    /// Dial `peer` at `addrs`, or park the dial while every address goes through a relay we
+    /// are connecting to (see [`Behaviour::must_wait`]).
     fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let relay = self.relay_being_dialled(&addrs);
-        let opts =
-            DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        let wait = self.must_wait(&addrs);
+        let opts = DialOpts::peer_id(peer)
+            .addresses(addrs.clone())
+            .condition(PeerCondition::Always)
+            .build();
         self.dials.insert(opts.connection_id(), peer);
-        match relay {
-            Some(relay) => {
-                debug!(%peer, %relay, "waiting for the connection to the relay before dialling through it");
-                self.parked.entry(relay).or_default().push(opts);
+        match wait {
+            true => {
+                debug!(%peer, "waiting for a connection to a relay before dialling through it");
+                self.parked.push((peer, addrs, opts));
             }
-            None => self.events.push_back(ToSwarm::Dial { opts }),
+            false => self.events.push_back(ToSwarm::Dial { opts }),
         }
     }
 
-    /// The relay to wait for before dialling `addrs`: all of them are circuits, none through a
-    /// relay we are connected to, and a connection to one of their relays is being made.
-    fn relay_being_dialled(&self, addrs: &[Multiaddr]) -> Option<PeerId> {
-        let relays: Vec<PeerId> = addrs.iter().map(relay_of).collect::<Option<_>>()?;
-        let direct = |relay: &PeerId| {
+    /// Whether a dial to `addrs` must wait: all of them are circuits, and a connection to each
+    /// of their relays is being made, none made yet. libp2p's relay client fails such a dial
+    /// at once (it will not dial a relay that is being dialled); a circuit through a relay not
+    /// being dialled is dialled with it, so a dial with one of those goes ahead.
+    fn must_wait(&self, addrs: &[Multiaddr]) -> bool {
+        let Some(relays) = addrs.iter().map(relay_of).collect::<Option<Vec<PeerId>>>() else {
+            return false;
+        };
+        let connected = |relay: &PeerId| {
             self.connections.get(relay).is_some_and(|conns| conns.iter().any(|c| !c.relayed))
         };
-        if relays.is_empty() || relays.iter().any(direct) {
-            return None;
-        }
-        relays.into_iter().find(|relay| self.outbound.values().any(|p| p == relay))
+        let dialling = |relay: &PeerId| self.outbound.values().any(|p| p == relay);
+        !relays.is_empty() && relays.iter().all(|relay| !connected(relay) && dialling(relay))
     }
 
-    /// The attempt `connection` to `peer` ended: when no other attempt to it is left, the dials
-    /// parked for it go ahead (through the connection made, or failing on their own).
-    fn outbound_ended(&mut self, connection: ConnectionId) {
-        let Some(peer) = self.outbound.remove(&connection) else { return };
-        if self.outbound.values().any(|p| *p == peer) {
-            return;
-        }
-        for opts in self.parked.remove(&peer).unwrap_or_default() {
-            self.events.push_back(ToSwarm::Dial { opts });
+    /// An outbound attempt ended or a connection was made: the parked dials that need not wait
+    /// any more go ahead, and those whose peer got connected meanwhile are dropped.
+    fn unpark(&mut self) {
+        for (peer, addrs, opts) in std::mem::take(&mut self.parked) {
+            if self.pick(&peer).is_some() {
+                self.dials.remove(&opts.connection_id());
+            } else if self.must_wait(&addrs) {
+                self.parked.push((peer, addrs, opts));
+            } else {
+                self.events.push_back(ToSwarm::Dial { opts });
+            }
         }
     }
 
@@ -317,7 +329,7 @@ impl Behaviour {
     /// A new connection: remember it, and hand it the opens that waited for it.
     fn on_established(&mut self, e: libp2p::swarm::behaviour::ConnectionEstablished<'_>) {
         self.dials.remove(&e.connection_id);
-        self.outbound_ended(e.connection_id);
+        self.outbound.remove(&e.connection_id);
         let conn = Conn {
             id: e.connection_id,
             relayed: e.endpoint.is_relayed(),
@@ -334,6 +346,7 @@ impl Behaviour {
                 self.send_to_handler(e.peer_id, connection, reply);
             }
         }
+        self.unpark();
     }
 
     /// A connection closed: fail the opens in flight on it, as the remote's gate refusing us
@@ -378,7 +391,9 @@ impl Behaviour {
     }
 
     fn on_dial_failure(&mut self, dial: ConnectionId, error: &libp2p::swarm::DialError) {
-        self.outbound_ended(dial);
+        if self.outbound.remove(&dial).is_some() {
+            self.unpark();
+        }
         let Some(peer) = self.dials.remove(&dial) else { return };
         if self.connections.contains_key(&peer) {
             return;
@@ -515,16 +530,29 @@ mod tests {
         format!("/ip4/127.0.0.1/tcp/4001/p2p/{relay}/p2p-circuit/p2p/{target}").parse().unwrap()
     }
 
-    /// The peers the behaviour asks the swarm to dial now.
-    fn dials(behaviour: &mut Behaviour) -> Vec<Option<PeerId>> {
+    /// The dials the behaviour asks the swarm for now.
+    fn dial_opts(behaviour: &mut Behaviour) -> Vec<DialOpts> {
         let mut cx = Context::from_waker(Waker::noop());
-        let mut peers = Vec::new();
+        let mut dials = Vec::new();
         while let Poll::Ready(event) = behaviour.poll(&mut cx) {
             if let ToSwarm::Dial { opts } = event {
-                peers.push(opts.get_peer_id());
+                dials.push(opts);
             }
         }
-        peers
+        dials
+    }
+
+    /// The peers the behaviour asks the swarm to dial now.
+    fn dials(behaviour: &mut Behaviour) -> Vec<Option<PeerId>> {
+        dial_opts(behaviour).iter().map(DialOpts::get_peer_id).collect()
+    }
+
+    fn failed(behaviour: &mut Behaviour, peer: PeerId, connection: ConnectionId) {
+        behaviour.on_swarm_event(FromSwarm::DialFailure(DialFailure {
+            peer_id: Some(peer),
+            error: &DialError::Aborted,
+            connection_id: connection,
+        }));
     }
 
     fn behaviour() -> Behaviour {
@@ -532,8 +560,13 @@ mod tests {
         Behaviour::new(inbound, RelayHealth::default())
     }
 
-    fn attempt(behaviour: &mut Behaviour, id: usize, peer: PeerId) -> ConnectionId {
-        let connection = ConnectionId::new_unchecked(id);
+    /// A connection id of the test's own, apart from those `DialOpts` draws (from 0 up).
+    fn id(n: usize) -> ConnectionId {
+        ConnectionId::new_unchecked(usize::MAX / 2 + n)
+    }
+
+    fn attempt(behaviour: &mut Behaviour, n: usize, peer: PeerId) -> ConnectionId {
+        let connection = id(n);
         let pending = behaviour.handle_pending_outbound_connection(
             connection,
             Some(peer),
@@ -584,15 +617,50 @@ mod tests {
         let (reply, _answer) = oneshot::channel();
         b.warm(target, vec![circuit(relay, target)]);
         b.open(target, vec![circuit(relay, target)], reply);
-        let failure = |connection| DialFailure {
-            peer_id: Some(relay),
-            error: &DialError::Aborted,
-            connection_id: connection,
-        };
-        b.on_swarm_event(FromSwarm::DialFailure(failure(first)));
+        failed(&mut b, relay, first);
         assert_eq!(dials(&mut b), vec![], "one attempt to the relay is still under way");
-        b.on_swarm_event(FromSwarm::DialFailure(failure(second)));
+        failed(&mut b, relay, second);
         assert_eq!(dials(&mut b), vec![Some(target)]);
+    }
+
+    #[test]
+    fn a_dial_waits_only_while_every_relay_it_could_take_is_being_connected_to() {
+        let (r1, r2, target) = (PeerId::random(), PeerId::random(), PeerId::random());
+        let mut b = behaviour();
+        attempt(&mut b, 1, r1);
+        let to_r2 = attempt(&mut b, 2, r2);
+        b.warm(target, vec![circuit(r1, target), circuit(r2, target)]);
+        assert_eq!(dials(&mut b), vec![]);
+        // One of them connects: the dial goes, and takes that relay.
+        established(&mut b, r2, to_r2);
+        assert_eq!(dials(&mut b), vec![Some(target)]);
+        // A relay nobody is dialling yet: the relay client dials it along with the circuit.
+        let (r3, other) = (PeerId::random(), PeerId::random());
+        b.warm(other, vec![circuit(r1, other), circuit(r3, other)]);
+        assert_eq!(dials(&mut b), vec![Some(other)]);
+    }
+
+    #[test]
+    fn the_opens_waiting_on_a_parked_dial_hear_how_it_ended() {
+        let (relay, target) = (PeerId::random(), PeerId::random());
+        let mut b = behaviour();
+        let to_relay = attempt(&mut b, 1, relay);
+        let (reply, mut answer) = oneshot::channel();
+        b.open(target, vec![circuit(relay, target)], reply);
+        failed(&mut b, relay, to_relay);
+        let released = dial_opts(&mut b);
+        assert_eq!(released.len(), 1);
+        failed(&mut b, target, released[0].connection_id());
+        assert!(matches!(answer.try_recv(), Ok(Err(OpenError::Dial(_)))));
+        // Connected another way while parked: the parked dial is dropped, the open served.
+        let to_relay = attempt(&mut b, 2, relay);
+        let (reply, _answer) = oneshot::channel();
+        b.open(target, vec![circuit(relay, target)], reply);
+        established(&mut b, target, id(3));
+        failed(&mut b, relay, to_relay);
+        assert_eq!(dials(&mut b), vec![]);
+        assert!(b.dials.is_empty() && b.parked.is_empty());
+        assert_eq!(b.in_flight.len(), 1, "the open went to the new connection");
     }
 
     #[test]
