@@ -103,11 +103,14 @@ const MAX_NAMES_PENDING: usize = 1024;
 
 type NamesReply = tokio::sync::oneshot::Sender<Result<NamesResponse, String>>;
 
-/// AutoNAT asking our relays (one address each, as for reservations and circuits).
+/// AutoNAT asking our relays only (one address each, as for reservations and circuits). Not
+/// the other peers we are connected to: each of those would dial us back every 90 s (AutoNAT's
+/// retry interval), and every dial-back is one more connection to that peer, idle for
+/// `IDLE_CONNECTION_TIMEOUT` before it closes (two gateways held ~7 connections to each other).
 fn autonat_with_relays(peer: PeerId, relays: &[RelayAddr]) -> autonat::Behaviour {
     let mut autonat = autonat::Behaviour::new(
         peer,
-        autonat::Config { only_global_ips: false, ..Default::default() },
+        autonat::Config { only_global_ips: false, use_connected: false, ..Default::default() },
     );
     for relay in swarm::one_per_relay(relays) {
         autonat.add_server(relay.peer, Some(relay.full()));
