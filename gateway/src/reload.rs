@@ -50,16 +50,34 @@ fn fingerprints(paths: &[PathBuf]) -> Vec<Fingerprint> {
     paths.iter().map(fingerprint).collect()
 }
 
-/// Run until `stop`: reload on change, SIGHUP or request; enforce at each expiry.
+/// The watched files as they were when the daemon became ready: a change after that moment is
+/// a change, even one made before the loop first looks.
+#[derive(Debug)]
+pub struct Baseline {
+    watched: Vec<PathBuf>,
+    seen: Vec<Fingerprint>,
+}
+
+impl Baseline {
+    /// Take it now (before the daemon says it is ready).
+    pub fn of<R: Reload>(reloader: &R) -> Baseline {
+        let watched = reloader.watched();
+        let seen = fingerprints(&watched);
+        Baseline { watched, seen }
+    }
+}
+
+/// Run until `stop`: reload on change (against `baseline` first), SIGHUP or request; enforce
+/// at each expiry.
 pub async fn run<R: Reload>(
     reloader: R,
+    baseline: Baseline,
     mut requests: mpsc::Receiver<Request>,
     stop: CancellationToken,
 ) {
     use tokio::signal::unix::{SignalKind, signal};
     let mut hangup = signal(SignalKind::hangup()).ok();
-    let mut watched = reloader.watched();
-    let mut seen = fingerprints(&watched);
+    let Baseline { mut watched, mut seen } = baseline;
     let mut expiry = deadline(reloader.next_expiry());
     loop {
         let expiry_sleep = async {
@@ -156,13 +174,23 @@ mod tests {
         }
     }
 
+    /// Wait until the probe has been reloaded `n` times (a bound of 10 s turns a miss into a
+    /// failure).
+    async fn reloaded(probe: &Probe, n: usize) {
+        let started = std::time::Instant::now();
+        while probe.reloads.load(Ordering::SeqCst) < n {
+            assert!(started.elapsed() < Duration::from_secs(10), "the change was not noticed");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     #[tokio::test(start_paused = true)]
     async fn an_expiry_is_enforced_at_its_moment_and_not_before() {
         let probe = Probe::default();
         *probe.expiry.lock().unwrap() = Some(SystemTime::now() + Duration::from_secs(3600));
         let stop = CancellationToken::new();
         let (_tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(probe.clone(), rx, stop.clone()));
+        let task = tokio::spawn(run(probe.clone(), Baseline::of(&probe), rx, stop.clone()));
         tokio::time::sleep(Duration::from_secs(3599)).await;
         assert_eq!(probe.enforced.load(Ordering::SeqCst), 0, "not before its moment");
         tokio::time::sleep(Duration::from_secs(2)).await;
@@ -181,7 +209,7 @@ mod tests {
         probe.files.lock().unwrap().push(file.clone());
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(1);
-        let task = tokio::spawn(run(probe.clone(), rx, stop.clone()));
+        let task = tokio::spawn(run(probe.clone(), Baseline::of(&probe), rx, stop.clone()));
         let (reply, answer) = oneshot::channel();
         tx.send(reply).await.unwrap();
         assert_eq!(answer.await.unwrap(), Ok("ok".to_owned()));
@@ -190,11 +218,24 @@ mod tests {
         let temp = dir.path().join("new");
         std::fs::write(&temp, "two lines\n").unwrap();
         std::fs::rename(&temp, &file).unwrap();
-        let started = std::time::Instant::now();
-        while probe.reloads.load(Ordering::SeqCst) < 2 {
-            assert!(started.elapsed() < Duration::from_secs(10), "the change was not noticed");
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
+        reloaded(&probe, 2).await;
+        stop.cancel();
+        task.await.unwrap();
+    }
+
+    #[tokio::test]
+    async fn a_file_changed_between_ready_and_the_first_look_is_reloaded() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("names.yaml");
+        let probe = Probe::default();
+        probe.files.lock().unwrap().push(file.clone());
+        let baseline = Baseline::of(&probe);
+        // Written once the daemon said it is ready, before its reload loop ran.
+        std::fs::write(&file, "home.alice: x\n").unwrap();
+        let stop = CancellationToken::new();
+        let (_tx, rx) = mpsc::channel(1);
+        let task = tokio::spawn(run(probe.clone(), baseline, rx, stop.clone()));
+        reloaded(&probe, 1).await;
         stop.cancel();
         task.await.unwrap();
     }

@@ -157,10 +157,12 @@ impl Runtime {
     /// Write state.json (the daemon is ready) and spawn the background tasks.
     pub fn start<R: Reload>(parts: Parts, reloader: R) -> Runtime {
         let Parts { home, state, control, node, node_task, stop, addrs } = parts;
+        // Before state.json: an edit made the moment the daemon is ready is an edit.
+        let baseline = reload::Baseline::of(&reloader);
         write_state(&home, &state);
         let background = TaskTracker::new();
         let (reload_tx, reload_rx) = mpsc::channel(8);
-        background.spawn(reload::run(reloader, reload_rx, stop.clone()));
+        background.spawn(reload::run(reloader, baseline, reload_rx, stop.clone()));
         background.spawn(control.run(node, reload_tx, stop.clone()));
         if let Some(addrs) = addrs {
             background.spawn(keep_state(home.clone(), state.clone(), addrs, stop.clone()));
