@@ -273,6 +273,13 @@ class Home:
             return None
         return state if pid is None or state.get("pid") == pid else None
 
+    def clear_state(self):
+        """Remove state.json, so the next daemon's readiness is its own."""
+        try:
+            os.unlink(os.path.join(self.dir, "state.json"))
+        except FileNotFoundError:
+            pass
+
 
 LIMITS = "limits: { streams_per_peer: 5000, streams_total: 5000 }\n"
 
@@ -872,10 +879,7 @@ class Bench:
                     name = "home.alice.p2p"
                     listen = {"only": kind}
                 home.write("config.yaml", gateway_config(socks_port=port, extra=extra, **listen))
-                try:
-                    os.unlink(os.path.join(home.dir, "state.json"))
-                except FileNotFoundError:
-                    pass
+                home.clear_state()
                 t0 = time.perf_counter()
                 p = self.procs.start(f"B_cold-{kind}", [BIN, "--home", home.dir, "run"])
                 row = {}
@@ -908,10 +912,7 @@ class Bench:
         home.write("config.yaml", gateway_config(socks_port=free_port(), extra=extra, only="tcp"))
         rss = []
         for _ in range(3):
-            try:
-                os.unlink(os.path.join(home.dir, "state.json"))
-            except FileNotFoundError:
-                pass
+            home.clear_state()
             p = self.procs.start("B_cold-idle", [BIN, "--home", home.dir, "run"])
             try:
                 if wait_for(lambda: home.state(p.pid), 10, step=0.001):

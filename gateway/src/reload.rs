@@ -174,6 +174,15 @@ mod tests {
         }
     }
 
+    /// A probe watching `name` in a fresh directory (the file is not created).
+    fn watching(name: &str) -> (tempfile::TempDir, PathBuf, Probe) {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(name);
+        let probe = Probe::default();
+        probe.files.lock().unwrap().push(file.clone());
+        (dir, file, probe)
+    }
+
     /// Wait until the probe has been reloaded `n` times (a bound of 10 s turns a miss into a
     /// failure).
     async fn reloaded(probe: &Probe, n: usize) {
@@ -202,11 +211,8 @@ mod tests {
 
     #[tokio::test]
     async fn a_changed_file_and_a_request_each_reload() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("authorized_keys");
+        let (dir, file, probe) = watching("authorized_keys");
         std::fs::write(&file, "one\n").unwrap();
-        let probe = Probe::default();
-        probe.files.lock().unwrap().push(file.clone());
         let stop = CancellationToken::new();
         let (tx, rx) = mpsc::channel(1);
         let task = tokio::spawn(run(probe.clone(), Baseline::of(&probe), rx, stop.clone()));
@@ -225,10 +231,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_file_changed_between_ready_and_the_first_look_is_reloaded() {
-        let dir = tempfile::tempdir().unwrap();
-        let file = dir.path().join("names.yaml");
-        let probe = Probe::default();
-        probe.files.lock().unwrap().push(file.clone());
+        let (_dir, file, probe) = watching("names.yaml");
         let baseline = Baseline::of(&probe);
         // Written once the daemon said it is ready, before its reload loop ran.
         std::fs::write(&file, "home.alice: x\n").unwrap();
