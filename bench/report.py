@@ -280,12 +280,14 @@ def render(res):
     soak = res.get("soak")
     if isinstance(soak, list) and soak:
         out.append("## Soak\n")
-        out.append("Continuous traffic through the TCP, QUIC and relay gateways (256 MiB downloads in turn, and "
-                   "new connections with a 1 KiB echo in a loop), RSS sampled:\n")
+        out.append("Continuous traffic through the TCP, QUIC and relay gateways (256 MiB downloads and uploads in "
+                   "turn, and new connections with a 1 KiB echo in a loop), the gateways on their default limits, "
+                   "RSS sampled:\n")
         keys = ["A", "A_q", "A_r", "B_tcp", "B_quic", "B_relay", "R"]
-        rows = [[r["t_s"]] + [mib(r.get(k)) for k in keys] + [r.get("downloads"), r.get("exchanges"), r.get("errors")]
+        rows = [[r["t_s"]] + [mib(r.get(k)) for k in keys] + [r.get("downloads"), r.get("uploads"), r.get("exchanges"),
+                                                                       r.get("errors")]
                 for r in soak]
-        out.append(table(["t s"] + keys + ["downloads", "exchanges", "errors"], rows))
+        out.append(table(["t s"] + keys + ["downloads", "uploads", "exchanges", "errors"], rows))
     elif isinstance(soak, dict):
         out.append(f"## Soak\n\nfailed: {soak.get('error')}\n")
 

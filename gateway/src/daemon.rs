@@ -305,6 +305,7 @@ fn node_options(config: &Config, registrations: Registrations) -> NodeOptions {
         mdns: config.mdns,
         security: config.security.clone(),
         keepalive: config.limits.keepalive(),
+        streams_per_peer: config.limits.streams_per_peer,
         registrations,
     }
 }

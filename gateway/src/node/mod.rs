@@ -94,6 +94,8 @@ pub struct NodeOptions {
     /// Secure channels for TCP and relayed connections, preferred first.
     pub security: Vec<SecureChannel>,
     pub keepalive: Keepalive,
+    /// Tunnel streams one peer may have open to us at once (`limits.streams_per_peer`).
+    pub streams_per_peer: usize,
     /// The outcomes of our name registrations, for `status`.
     pub registrations: Registrations,
 }
@@ -175,6 +177,7 @@ impl Node {
         };
         let autonat = autonat_with_relays(peer, &options.relays);
         let security = options.security.clone();
+        let streams_per_peer = options.streams_per_peer;
         let reservations = Reservations::new(options.relays);
         let health = reservations.health();
         let relay_health = health.clone();
@@ -186,7 +189,7 @@ impl Node {
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?
-            .with_quic_config(swarm::quic_config)
+            .with_quic_config(|quic| swarm::quic_config(quic, streams_per_peer))
             .with_relay_client(
                 |key: &Keypair| tls::TlsOrNoise::new(key, &security),
                 swarm::yamux_config,

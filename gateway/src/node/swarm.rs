@@ -43,16 +43,32 @@ pub(crate) fn yamux_config() -> super::muxer::Yamux {
     super::muxer::Yamux::new(MAX_STREAMS_PER_CONNECTION)
 }
 
+/// Streams a peer may open to us at once on one QUIC connection besides those our limits let
+/// it use for tunnels (or, on a relay, circuits): identify, ping, AutoNAT, hole punching, names.
+const QUIC_CONTROL_STREAMS: usize = 32;
+
 /// QUIC notices a dead path (a relay that was killed, a network that changed) only through
 /// `max_idle_timeout`: a restarted peer cannot reset our connection, because quinn drops
 /// packets whose connection ID an earlier endpoint issued without answering them. quinn's
 /// default of 10 s is most of a connect timeout; 3 s is three missed 1 s keep-alives.
 ///
-/// Streams per QUIC connection: as many as yamux carries on TCP (quinn's default is 256).
-pub(crate) fn quic_config(mut config: libp2p::quic::Config) -> libp2p::quic::Config {
+/// `streams`: how many streams a peer may open to us at once on the connection, besides
+/// [`QUIC_CONTROL_STREAMS`] (at most as many as yamux carries on TCP). Kept to what our limits
+/// let a peer use, because each of them costs memory for the connection's life: quinn keeps
+/// receive state ready for every stream the peer may open next, and recycles a closed stream's
+/// state into the slot of the stream that many opens ahead, with the capacity its reassembly
+/// queue grew to (56 bytes a packet, up to ~115 KB for a stream whose sender outran its reader
+/// by 2048 packets). With 4096 slots a connection that carried bulk uploads grew by ~80 KB per
+/// upload for its first 4096 (measured, whatever the stream window); at the default 256 + 32
+/// slots it keeps at most ~33 MB of it (docs/benchmarks.md, "Memory bounds").
+pub(crate) fn quic_config(
+    mut config: libp2p::quic::Config,
+    streams: usize,
+) -> libp2p::quic::Config {
     config.max_idle_timeout = 3_000;
     config.keep_alive_interval = Duration::from_secs(1);
-    config.max_concurrent_stream_limit = MAX_STREAMS_PER_CONNECTION as u32;
+    let slots = streams.saturating_add(QUIC_CONTROL_STREAMS).min(MAX_STREAMS_PER_CONNECTION);
+    config.max_concurrent_stream_limit = u32::try_from(slots).unwrap_or(u32::MAX);
     config
 }
 

@@ -217,6 +217,7 @@ impl RelayNode {
         security: &[crate::config::SecureChannel],
         names_setup: NamesSetup,
     ) -> Result<RelayNode, NodeError> {
+        let circuits_per_peer = limits.max_circuits_per_peer;
         let traffic = Arc::new(Traffic::default());
         let counted = traffic.clone();
         let peer = keypair.public().to_peer_id();
@@ -232,11 +233,13 @@ impl RelayNode {
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
                         });
-                    let quic =
-                        quic::tokio::Transport::new(swarm::quic_config(quic::Config::new(key)))
-                            .map(move |(peer, conn), _| {
-                                (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
-                            });
+                    let quic = quic::tokio::Transport::new(swarm::quic_config(
+                        quic::Config::new(key),
+                        circuits_per_peer,
+                    ))
+                    .map(move |(peer, conn), _| {
+                        (peer, for_quic.wrap(peer, StreamMuxerBox::new(conn)))
+                    });
                     Ok(tcp.or_transport(quic).map(|either, _| either.into_inner()))
                 },
             )
