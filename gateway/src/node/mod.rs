@@ -191,7 +191,13 @@ impl Node {
             .map_err(|e| build_error(&e))?
             .with_quic_config(|quic| swarm::quic_config(quic, streams_per_peer))
             .with_relay_client(
-                |key: &Keypair| tls::TlsOrNoise::new(key, &security),
+                |key: &Keypair| {
+                    let secure = tls::TlsOrNoise::new(key, &security)?;
+                    Ok::<_, tls::SecurityError>(muxer::Gathering::new(
+                        secure,
+                        muxer::CIRCUIT_GATHER,
+                    ))
+                },
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?

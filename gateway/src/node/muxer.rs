@@ -81,7 +81,12 @@ impl<M: StreamMuxer + Unpin> StreamMuxer for Bounded<M> {
 /// size, and each frame costs a header, a trip through the muxer and (under TLS) a record of
 /// its own; 16 KiB frames capped throughput well below what the cipher allows.
 #[derive(Debug, Clone)]
-pub struct Yamux(yamux::Config);
+pub struct Yamux {
+    config: yamux::Config,
+    /// Each stream's writes gathered up to this many bytes (0: none); see
+    /// [`Yamux::gathering_stream_writes`].
+    stream_gather: usize,
+}
 
 /// Bytes per yamux data frame. Larger frames cut per-frame costs (1 GiB through two gateways
 /// on loopback: 16 KiB frames ~265 MB/s, 64 KiB ~350, 128 KiB ~385, debug build); a frame as
@@ -107,7 +112,17 @@ impl Yamux {
         config.set_max_connection_receive_window(Some(
             max_streams * yamux::DEFAULT_CREDIT as usize + WINDOW_GROWTH,
         ));
-        Yamux(config)
+        Yamux { config, stream_gather: 0 }
+    }
+
+    /// Streams whose writes are gathered up to `limit` bytes until they are flushed, so that a
+    /// writer that writes little at a time still sends large frames. For the relay: libp2p's
+    /// circuit copies 8 KiB at a time (its buffer is not ours to size), and each copy was a
+    /// frame, a TLS record and a socket write of its own. Only for streams whose users flush
+    /// (libp2p's protocols and its circuit copy do).
+    pub fn gathering_stream_writes(mut self, limit: usize) -> Self {
+        self.stream_gather = limit;
+        self
     }
 }
 
@@ -129,7 +144,7 @@ where
     type Future = futures::future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_inbound(self, socket: C, _: Self::Info) -> Self::Future {
-        futures::future::ready(Ok(YamuxMuxer::new(socket, self.0, yamux::Mode::Server)))
+        futures::future::ready(Ok(YamuxMuxer::new(socket, self, yamux::Mode::Server)))
     }
 }
 
@@ -142,7 +157,7 @@ where
     type Future = futures::future::Ready<Result<Self::Output, Self::Error>>;
 
     fn upgrade_outbound(self, socket: C, _: Self::Info) -> Self::Future {
-        futures::future::ready(Ok(YamuxMuxer::new(socket, self.0, yamux::Mode::Client)))
+        futures::future::ready(Ok(YamuxMuxer::new(socket, self, yamux::Mode::Client)))
     }
 }
 
@@ -160,15 +175,18 @@ pub struct YamuxMuxer<C> {
     connection: yamux::Connection<Coalesce<C>>,
     inbound: std::collections::VecDeque<yamux::Stream>,
     inbound_waker: Option<std::task::Waker>,
+    /// See [`Yamux::gathering_stream_writes`].
+    stream_gather: usize,
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
-    fn new(socket: C, config: yamux::Config, mode: yamux::Mode) -> Bounded<Self> {
-        let connection = yamux::Connection::new(Coalesce::new(socket), config, mode);
+    fn new(socket: C, config: Yamux, mode: yamux::Mode) -> Bounded<Self> {
+        let connection = yamux::Connection::new(Coalesce::new(socket), config.config, mode);
         Bounded::new(YamuxMuxer {
             connection,
             inbound: std::collections::VecDeque::new(),
             inbound_waker: None,
+            stream_gather: config.stream_gather,
         })
     }
 
@@ -191,19 +209,31 @@ const COALESCE: usize = 16 * 1024;
 /// yamux writes each frame's 12-byte header and its body as two writes and flushes after every
 /// frame; under TLS each write became a record and a socket write of its own (opening a tunnel
 /// took ten records between the gateways, each a syscall on one side and a decryption on the
-/// other). Gathered, a small frame's header and body leave as one record. Writes of [`COALESCE`] bytes or more (bulk data) pass straight through once
-/// what was gathered before them is written: no extra copy.
+/// other). Gathered, a small frame's header and body leave as one record. Writes of [`COALESCE`]
+/// bytes or more (bulk data) pass straight through once what was gathered before them is
+/// written: no extra copy.
+///
+/// The same gathering, with a larger limit, serves where a writer makes many small writes that
+/// each would become a frame of their own (see [`Coalesce::with_limit`]).
 #[derive(Debug)]
 pub struct Coalesce<C> {
     inner: C,
     buf: Vec<u8>,
     /// Bytes of `buf` already written to `inner`.
     sent: usize,
+    /// Writes are gathered while they fit in this many bytes; 0 passes every write through.
+    limit: usize,
 }
 
 impl<C> Coalesce<C> {
     fn new(inner: C) -> Self {
-        Coalesce { inner, buf: Vec::new(), sent: 0 }
+        Coalesce::with_limit(inner, COALESCE)
+    }
+
+    /// Writes gathered up to `limit` bytes, until a flush or a write that does not fit. The
+    /// buffer is given back at each flush, so an idle stream holds none.
+    pub fn with_limit(inner: C, limit: usize) -> Self {
+        Coalesce { inner, buf: Vec::new(), sent: 0, limit }
     }
 }
 
@@ -242,24 +272,96 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        if this.buf.len() + data.len() > COALESCE {
+        if this.buf.len() + data.len() > this.limit {
             std::task::ready!(this.poll_drain(cx))?;
         }
-        if data.len() >= COALESCE {
+        if data.len() >= this.limit {
             return Pin::new(&mut this.inner).poll_write(cx, data);
         }
         this.buf.extend_from_slice(data);
         Poll::Ready(Ok(data.len()))
     }
 
+    fn poll_write_vectored(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[std::io::IoSlice<'_>],
+    ) -> Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let total: usize = bufs.iter().map(|b| b.len()).sum();
+        if this.buf.len() + total > this.limit {
+            std::task::ready!(this.poll_drain(cx))?;
+        }
+        if total >= this.limit {
+            return Pin::new(&mut this.inner).poll_write_vectored(cx, bufs);
+        }
+        for b in bufs {
+            this.buf.extend_from_slice(b);
+        }
+        Poll::Ready(Ok(total))
+    }
+
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_drain(cx))?;
+        if self.limit > COALESCE {
+            self.buf = Vec::new();
+        }
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Bytes a relayed connection gathers from its secure channel's writes before they go to the
+/// circuit. TLS writes each record (up to 16 KiB) on its own, and every write to the circuit's
+/// stream became a frame of the relay connection's yamux and three records of its TLS (frame
+/// header, 16 KiB, the rest), decrypted again at the relay and at the far end. Gathered, an
+/// inner frame's records cross as one write.
+pub const CIRCUIT_GATHER: usize = 256 * 1024;
+
+/// A security upgrade whose socket gathers writes ([`Coalesce::with_limit`]) until the secure
+/// channel flushes: for connections through a relay circuit.
+#[derive(Debug, Clone)]
+pub struct Gathering<U> {
+    inner: U,
+    limit: usize,
+}
+
+impl<U> Gathering<U> {
+    pub fn new(inner: U, limit: usize) -> Self {
+        Gathering { inner, limit }
+    }
+}
+
+impl<U: UpgradeInfo> UpgradeInfo for Gathering<U> {
+    type Info = U::Info;
+    type InfoIter = U::InfoIter;
+
+    fn protocol_info(&self) -> Self::InfoIter {
+        self.inner.protocol_info()
+    }
+}
+
+impl<C, U: InboundConnectionUpgrade<Coalesce<C>>> InboundConnectionUpgrade<C> for Gathering<U> {
+    type Output = U::Output;
+    type Error = U::Error;
+    type Future = U::Future;
+
+    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
+        self.inner.upgrade_inbound(Coalesce::with_limit(socket, self.limit), info)
+    }
+}
+
+impl<C, U: OutboundConnectionUpgrade<Coalesce<C>>> OutboundConnectionUpgrade<C> for Gathering<U> {
+    type Output = U::Output;
+    type Error = U::Error;
+    type Future = U::Future;
+
+    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
+        self.inner.upgrade_outbound(Coalesce::with_limit(socket, self.limit), info)
     }
 }
 
@@ -278,18 +380,19 @@ impl From<YamuxError> for std::io::Error {
 }
 
 impl<C: AsyncRead + AsyncWrite + Unpin + 'static> StreamMuxer for YamuxMuxer<C> {
-    type Substream = yamux::Stream;
+    type Substream = Coalesce<yamux::Stream>;
     type Error = YamuxError;
 
     fn poll_inbound(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
+        let gather = self.stream_gather;
         if let Some(stream) = self.inbound.pop_front() {
-            return Poll::Ready(Ok(stream));
+            return Poll::Ready(Ok(Coalesce::with_limit(stream, gather)));
         }
         if let Poll::Ready(next) = self.poll_next(cx) {
-            return Poll::Ready(next);
+            return Poll::Ready(next.map(|stream| Coalesce::with_limit(stream, gather)));
         }
         self.inbound_waker = Some(cx.waker().clone());
         Poll::Pending
@@ -299,7 +402,10 @@ impl<C: AsyncRead + AsyncWrite + Unpin + 'static> StreamMuxer for YamuxMuxer<C> 
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Result<Self::Substream, Self::Error>> {
-        self.connection.poll_new_outbound(cx).map_err(YamuxError)
+        let gather = self.stream_gather;
+        let stream =
+            std::task::ready!(self.connection.poll_new_outbound(cx)).map_err(YamuxError)?;
+        Poll::Ready(Ok(Coalesce::with_limit(stream, gather)))
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
@@ -392,6 +498,40 @@ mod tests {
         fn poll_close(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<std::io::Result<()>> {
             Poll::Ready(Ok(()))
         }
+    }
+
+    #[tokio::test]
+    async fn a_gathering_stream_sends_small_writes_as_one_until_full_or_flushed() {
+        use futures::AsyncWriteExt;
+        let mut io = Coalesce::with_limit(Writes::default(), 3 * COALESCE);
+        for i in 0..4u8 {
+            io.write_all(&vec![i; COALESCE]).await.unwrap();
+        }
+        // The first three left together when the fourth did not fit.
+        assert_eq!(
+            io.inner.0,
+            vec![[vec![0; COALESCE], vec![1; COALESCE], vec![2; COALESCE]].concat()]
+        );
+        io.flush().await.unwrap();
+        assert_eq!(io.inner.0[1..], [vec![3; COALESCE]]);
+        assert_eq!(io.buf.capacity(), 0, "a flushed stream holds no buffer");
+        // Vectored writes (TLS hands its records over so) are gathered the same way.
+        let parts = [std::io::IoSlice::new(&[5; 4]), std::io::IoSlice::new(&[6; 4])];
+        let n = futures::future::poll_fn(|cx| Pin::new(&mut io).poll_write_vectored(cx, &parts))
+            .await
+            .unwrap();
+        assert_eq!(n, 8);
+        io.close().await.unwrap();
+        assert_eq!(io.inner.0[2..], [[[5; 4], [6; 4]].concat()]);
+    }
+
+    #[tokio::test]
+    async fn a_stream_without_gathering_passes_every_write_through() {
+        use futures::AsyncWriteExt;
+        let mut io = Coalesce::with_limit(Writes::default(), 0);
+        io.write_all(&[1; 3]).await.unwrap();
+        io.write_all(&[2; 5]).await.unwrap();
+        assert_eq!(io.inner.0, [vec![1; 3], vec![2; 5]], "each write as it came, before a flush");
     }
 
     #[tokio::test]

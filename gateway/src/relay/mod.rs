@@ -229,7 +229,10 @@ impl RelayNode {
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                         .upgrade(Version::V1Lazy)
                         .authenticate(tls::TlsOrNoise::new(key, security)?)
-                        .multiplex(swarm::yamux_config())
+                        .multiplex(
+                            swarm::yamux_config()
+                                .gathering_stream_writes(crate::node::muxer::FRAME_SIZE),
+                        )
                         .map(move |(peer, muxer), _| {
                             (peer, for_tcp.wrap(peer, StreamMuxerBox::new(muxer)))
                         });
