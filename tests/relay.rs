@@ -83,7 +83,8 @@ fn restart_and_measure(transport: &str) {
             true => "TLS13_AES_128_GCM_SHA256",
             false => "TLS13_CHACHA20_POLY1305_SHA256",
         };
-        let line = relay_daemon.log.lines().into_iter().find(|l| l.contains("TLS connection"));
+        // The relay's log is written by a thread of its own: wait for the line to land.
+        let line = relay_daemon.log.wait_for(|l| l.contains("TLS connection"), BOUND);
         let line = line.unwrap_or_else(|| panic!("no TLS line\n{}", relay_daemon.log.text()));
         assert!(line.contains(suite) && line.contains("inbound"), "{line}");
     }
