@@ -22,6 +22,7 @@ pub mod gate;
 pub mod liveness;
 pub mod muxer;
 pub mod reservations;
+pub mod socket;
 pub mod status;
 pub mod swarm;
 pub mod tls;
@@ -185,7 +186,13 @@ impl Node {
             .with_tokio()
             .with_tcp(
                 tcp::Config::default().nodelay(true),
-                |key: &Keypair| tls::TlsOrNoise::new(key, &security),
+                |key: &Keypair| {
+                    let secure = tls::TlsOrNoise::new(key, &security)?;
+                    Ok::<_, tls::SecurityError>(socket::Layered::new(
+                        secure,
+                        socket::ReadAhead(socket::READ_AHEAD),
+                    ))
+                },
                 swarm::yamux_config,
             )
             .map_err(|e| build_error(&e))?
@@ -193,9 +200,9 @@ impl Node {
             .with_relay_client(
                 |key: &Keypair| {
                     let secure = tls::TlsOrNoise::new(key, &security)?;
-                    Ok::<_, tls::SecurityError>(muxer::Gathering::new(
+                    Ok::<_, tls::SecurityError>(socket::Layered::new(
                         secure,
-                        muxer::CIRCUIT_GATHER,
+                        socket::GatherWrites(socket::CIRCUIT_GATHER),
                     ))
                 },
                 swarm::yamux_config,

@@ -232,7 +232,7 @@ impl<C> Coalesce<C> {
 
     /// Writes gathered up to `limit` bytes, until a flush or a write that does not fit. The
     /// buffer is given back at each flush, so an idle stream holds none.
-    pub fn with_limit(inner: C, limit: usize) -> Self {
+    pub(crate) fn with_limit(inner: C, limit: usize) -> Self {
         Coalesce { inner, buf: Vec::new(), sent: 0, limit }
     }
 }
@@ -312,56 +312,6 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         std::task::ready!(self.poll_drain(cx))?;
         Pin::new(&mut self.inner).poll_close(cx)
-    }
-}
-
-/// Bytes a relayed connection gathers from its secure channel's writes before they go to the
-/// circuit. TLS writes each record (up to 16 KiB) on its own, and every write to the circuit's
-/// stream became a frame of the relay connection's yamux and three records of its TLS (frame
-/// header, 16 KiB, the rest), decrypted again at the relay and at the far end. Gathered, an
-/// inner frame's records cross as one write.
-pub const CIRCUIT_GATHER: usize = 256 * 1024;
-
-/// A security upgrade whose socket gathers writes ([`Coalesce::with_limit`]) until the secure
-/// channel flushes: for connections through a relay circuit.
-#[derive(Debug, Clone)]
-pub struct Gathering<U> {
-    inner: U,
-    limit: usize,
-}
-
-impl<U> Gathering<U> {
-    pub fn new(inner: U, limit: usize) -> Self {
-        Gathering { inner, limit }
-    }
-}
-
-impl<U: UpgradeInfo> UpgradeInfo for Gathering<U> {
-    type Info = U::Info;
-    type InfoIter = U::InfoIter;
-
-    fn protocol_info(&self) -> Self::InfoIter {
-        self.inner.protocol_info()
-    }
-}
-
-impl<C, U: InboundConnectionUpgrade<Coalesce<C>>> InboundConnectionUpgrade<C> for Gathering<U> {
-    type Output = U::Output;
-    type Error = U::Error;
-    type Future = U::Future;
-
-    fn upgrade_inbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.inner.upgrade_inbound(Coalesce::with_limit(socket, self.limit), info)
-    }
-}
-
-impl<C, U: OutboundConnectionUpgrade<Coalesce<C>>> OutboundConnectionUpgrade<C> for Gathering<U> {
-    type Output = U::Output;
-    type Error = U::Error;
-    type Future = U::Future;
-
-    fn upgrade_outbound(self, socket: C, info: Self::Info) -> Self::Future {
-        self.inner.upgrade_outbound(Coalesce::with_limit(socket, self.limit), info)
     }
 }
 

@@ -32,7 +32,7 @@ use crate::names::record::{Record, unix_now};
 use crate::names::replica::{self, WriteBehind};
 use crate::names::{self, NamesResponse, Refusal, RegistryHandle};
 use crate::node::swarm::{self, Keepalive, start_listeners};
-use crate::node::{Command, NodeError, OpenError, gate, tls};
+use crate::node::{Command, NodeError, OpenError, gate, socket, tls};
 use libp2p::kad::{self, store::MemoryStore, store::RecordStore};
 use libp2p::swarm::behaviour::toggle::Toggle;
 use traffic::{CircuitStatus, Traffic};
@@ -228,7 +228,10 @@ impl RelayNode {
                     let (for_tcp, for_quic) = (counted.clone(), counted);
                     let tcp = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
                         .upgrade(Version::V1Lazy)
-                        .authenticate(tls::TlsOrNoise::new(key, security)?)
+                        .authenticate(socket::Layered::new(
+                            tls::TlsOrNoise::new(key, security)?,
+                            socket::ReadAhead(socket::READ_AHEAD),
+                        ))
                         .multiplex(
                             swarm::yamux_config()
                                 .gathering_stream_writes(crate::node::muxer::FRAME_SIZE),
