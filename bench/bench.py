@@ -956,7 +956,7 @@ class Bench:
         with open(self.bigfile, "rb") as src, open(upfile, "wb") as dst:
             dst.write(src.read(256 * MIB))
 
-        def downloads():
+        def transfers():
             i = 0
             while not stop.is_set():
                 proxy, host = targets[i % len(targets)]
@@ -986,7 +986,7 @@ class Bench:
                     counts["errors"] += 1
                 time.sleep(0.002)
 
-        threads = [threading.Thread(target=downloads, daemon=True), threading.Thread(target=churn, daemon=True)]
+        threads = [threading.Thread(target=transfers, daemon=True), threading.Thread(target=churn, daemon=True)]
         for t in threads:
             t.start()
         pids = {"A": self.a.pid, "A_q": self.aq.pid, "A_r": self.ar.pid, "B_tcp": b_tcp.pid, "B_quic": b_quic.pid,

@@ -143,22 +143,20 @@ async fn a_peer_we_dialled_still_needs_our_services_list() {
 #[tokio::test(flavor = "multi_thread")]
 async fn a_burst_far_past_the_limit_over_quic_is_answered_busy() {
     let echo = services::echo().await;
-    let home_a = Home::init();
-    let home_b = Home::init();
-    home_a.write_config(&format!(
-        "services:\n  echo: {{ local_address: {echo} }}\nlimits: {{ streams_per_peer: 2, streams_total: 2 }}\n"
-    ));
-    home_a.allow(&home_b.peer_id, None);
-    let a = Daemon::start(&home_a);
-    home_b.write_config(&format!("names:\n  home.alice: {}\n", a.quic_multiaddr()));
-    let b = Daemon::start(&home_b);
-    let proxy = b.socks();
+    let pair = Pair::start_over(
+        &format!(
+            "  echo: {{ local_address: {echo} }}\nlimits: {{ streams_per_peer: 2, streams_total: 2 }}\n"
+        ),
+        |home, b| home.allow(b, None),
+        Daemon::quic_multiaddr,
+    );
+    let proxy = pair.b.socks();
     let _first = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("first");
     let _second = socks::connect(proxy, "home.alice.p2p", echo.port()).await.expect("second");
     let burst = (0..100).map(|_| socks::connect(proxy, "home.alice.p2p", echo.port()));
     let replies = tokio::time::timeout(Duration::from_secs(60), futures::future::join_all(burst))
         .await
-        .unwrap_or_else(|_| panic!("opens left unanswered:\n{}\n{}", a.log.text(), b.log.text()));
+        .unwrap_or_else(|_| panic!("opens left unanswered:\n{}", pair.logs()));
     let answers: Vec<Option<u8>> = replies.into_iter().map(Result::err).collect();
     assert!(
         answers.iter().all(|r| *r == Some(0x01)),

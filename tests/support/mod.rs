@@ -299,12 +299,21 @@ pub struct Pair {
 impl Pair {
     /// `allow` sets up A's lists (B's peer ID given) before A starts.
     pub fn start(services_yaml: &str, allow: impl FnOnce(&Home, &str)) -> Pair {
+        Pair::start_over(services_yaml, allow, Daemon::tcp_multiaddr)
+    }
+
+    /// As [`Pair::start`], B naming A by the address `address` picks (TCP or QUIC).
+    pub fn start_over(
+        services_yaml: &str,
+        allow: impl FnOnce(&Home, &str),
+        address: fn(&Daemon) -> String,
+    ) -> Pair {
         let home_a = Home::init();
         let home_b = Home::init();
         home_a.write_config(&format!("services:\n{services_yaml}"));
         allow(&home_a, &home_b.peer_id);
         let a = Daemon::start(&home_a);
-        home_b.write_config(&format!("names:\n  home.alice: {}\n", a.tcp_multiaddr()));
+        home_b.write_config(&format!("names:\n  home.alice: {}\n", address(&a)));
         let b = Daemon::start(&home_b);
         Pair { home_a, home_b, a, b }
     }

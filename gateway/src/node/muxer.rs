@@ -267,19 +267,11 @@ impl<C: AsyncRead + Unpin> AsyncRead for Coalesce<C> {
 
 impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
     fn poll_write(
-        mut self: Pin<&mut Self>,
+        self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         data: &[u8],
     ) -> Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        if this.buf.len() + data.len() > this.limit {
-            std::task::ready!(this.poll_drain(cx))?;
-        }
-        if data.len() >= this.limit {
-            return Pin::new(&mut this.inner).poll_write(cx, data);
-        }
-        this.buf.extend_from_slice(data);
-        Poll::Ready(Ok(data.len()))
+        self.poll_write_vectored(cx, &[std::io::IoSlice::new(data)])
     }
 
     fn poll_write_vectored(

@@ -247,17 +247,17 @@ impl Behaviour {
     /// Dial `peer` at `addrs`, or park the dial while every address goes through a relay we
     /// are connecting to (see [`Behaviour::must_wait`]).
     fn dial(&mut self, peer: PeerId, addrs: Vec<Multiaddr>) {
-        let dial =
-            |addrs| DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always);
-        if self.must_wait(&addrs) {
-            debug!(%peer, "waiting for a connection to a relay before dialling through it");
-            let opts = dial(addrs.clone()).build();
-            self.dials.insert(opts.connection_id(), peer);
-            self.parked.push((peer, addrs, opts));
-        } else {
-            let opts = dial(addrs).build();
-            self.dials.insert(opts.connection_id(), peer);
-            self.events.push_back(ToSwarm::Dial { opts });
+        // A parked dial keeps its addresses (libp2p keeps `DialOpts`' own private).
+        let parked = self.must_wait(&addrs).then(|| addrs.clone());
+        let opts =
+            DialOpts::peer_id(peer).addresses(addrs).condition(PeerCondition::Always).build();
+        self.dials.insert(opts.connection_id(), peer);
+        match parked {
+            Some(addrs) => {
+                debug!(%peer, "waiting for a connection to a relay before dialling through it");
+                self.parked.push((peer, addrs, opts));
+            }
+            None => self.events.push_back(ToSwarm::Dial { opts }),
         }
     }
 
