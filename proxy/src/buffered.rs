@@ -14,6 +14,10 @@ use tokio::io::{AsyncRead, AsyncReadExt, ReadBuf};
 
 use crate::wire::Parse;
 
+/// Reads smaller than this (a SOCKS parser reading its request field by field) read this much
+/// from the socket and serve the rest from memory: one syscall for the request, not one per field.
+const READ_AHEAD: usize = 512;
+
 /// A stream and the bytes read from it but not yet consumed.
 #[derive(Debug)]
 pub struct Buffered<S> {
@@ -87,6 +91,18 @@ impl<S: AsyncRead + Unpin> AsyncRead for Buffered<S> {
         cx: &mut Context<'_>,
         out: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
+        if self.pos == self.buf.len() && out.remaining() < READ_AHEAD {
+            let this = &mut *self;
+            this.buf.resize(READ_AHEAD, 0);
+            let mut ahead = ReadBuf::new(&mut this.buf);
+            let polled = Pin::new(&mut this.inner).poll_read(cx, &mut ahead);
+            let n = ahead.filled().len();
+            this.buf.truncate(n);
+            this.pos = 0;
+            if n == 0 {
+                return polled;
+            }
+        }
         if self.pos < self.buf.len() {
             let n = out.remaining().min(self.buf.len() - self.pos);
             let start = self.pos;
@@ -120,6 +136,37 @@ mod tests {
         let mut rest = Vec::new();
         buffered.read_to_end(&mut rest).await.unwrap();
         assert_eq!(rest, b"body-1body-2");
+    }
+
+    /// Counts the reads that reach it.
+    struct Counted<R>(R, usize);
+
+    impl<R: AsyncRead + Unpin> AsyncRead for Counted<R> {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
+            out: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            self.1 += 1;
+            Pin::new(&mut self.0).poll_read(cx, out)
+        }
+    }
+
+    #[tokio::test]
+    async fn a_request_read_field_by_field_is_one_read_of_the_socket() {
+        let request = b"\x05\x01\x00\x03\x0ehome.alice.p2p\x00\x07early data";
+        let mut buffered = Buffered::new(Counted(&request[..], 0));
+        let (mut head, mut len) = ([0u8; 4], [0u8; 1]);
+        buffered.read_exact(&mut head).await.unwrap();
+        buffered.read_exact(&mut len).await.unwrap();
+        let mut name = vec![0u8; usize::from(len[0])];
+        buffered.read_exact(&mut name).await.unwrap();
+        let port = buffered.read_u16().await.unwrap();
+        assert_eq!((&name[..], port), (&b"home.alice.p2p"[..], 7));
+        assert_eq!(buffered.inner.1, 1, "one read for the whole request");
+        let mut rest = Vec::new();
+        buffered.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, b"early data", "bytes past the request are kept for the bridge");
     }
 
     #[tokio::test]

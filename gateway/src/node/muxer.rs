@@ -181,7 +181,8 @@ pub struct YamuxMuxer<C> {
 
 impl<C: AsyncRead + AsyncWrite + Unpin> YamuxMuxer<C> {
     fn new(socket: C, config: Yamux, mode: yamux::Mode) -> Bounded<Self> {
-        let connection = yamux::Connection::new(Coalesce::new(socket), config.config, mode);
+        let connection =
+            yamux::Connection::new(Coalesce::for_connection(socket), config.config, mode);
         Bounded::new(YamuxMuxer {
             connection,
             inbound: std::collections::VecDeque::new(),
@@ -213,6 +214,12 @@ const COALESCE: usize = 16 * 1024;
 /// bytes or more (bulk data) pass straight through once what was gathered before them is
 /// written: no extra copy.
 ///
+/// Under a yamux connection ([`Coalesce::for_connection`]) a flush is also put off until the
+/// connection next reads: yamux flushes after every frame it takes from a stream, then takes the
+/// next one if a stream queued more, and reads the socket only once no stream has anything to
+/// send. A tunnel that writes its END frame and closes its stream, or several tunnels active at
+/// once, then leave in one record and one socket write instead of one each.
+///
 /// The same gathering, with a larger limit, serves where a writer makes many small writes that
 /// each would become a frame of their own (see [`Coalesce::with_limit`]).
 #[derive(Debug)]
@@ -223,21 +230,38 @@ pub struct Coalesce<C> {
     sent: usize,
     /// Writes are gathered while they fit in this many bytes; 0 passes every write through.
     limit: usize,
+    /// Flushes wait for the next read (a yamux connection's socket; see the type's docs).
+    flush_at_read: bool,
+    /// A flush was asked for and put off.
+    flush_owed: bool,
 }
 
 impl<C> Coalesce<C> {
-    fn new(inner: C) -> Self {
-        Coalesce::with_limit(inner, COALESCE)
+    /// Under a yamux connection: gathered up to [`COALESCE`] bytes, flushed when yamux next
+    /// reads (see the type's docs).
+    fn for_connection(inner: C) -> Self {
+        Coalesce { flush_at_read: true, ..Coalesce::with_limit(inner, COALESCE) }
     }
 
     /// Writes gathered up to `limit` bytes, until a flush or a write that does not fit. The
     /// buffer is given back at each flush, so an idle stream holds none.
     pub(crate) fn with_limit(inner: C, limit: usize) -> Self {
-        Coalesce { inner, buf: Vec::new(), sent: 0, limit }
+        Coalesce { inner, buf: Vec::new(), sent: 0, limit, flush_at_read: false, flush_owed: false }
     }
 }
 
 impl<C: AsyncWrite + Unpin> Coalesce<C> {
+    /// Write everything gathered to `inner` and flush it.
+    fn poll_flush_now(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        std::task::ready!(self.poll_drain(cx))?;
+        if self.limit > COALESCE {
+            self.buf = Vec::new();
+        }
+        std::task::ready!(Pin::new(&mut self.inner).poll_flush(cx))?;
+        self.flush_owed = false;
+        Poll::Ready(Ok(()))
+    }
+
     /// Write everything gathered to `inner`.
     fn poll_drain(&mut self, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
         while self.sent < self.buf.len() {
@@ -255,12 +279,19 @@ impl<C: AsyncWrite + Unpin> Coalesce<C> {
     }
 }
 
-impl<C: AsyncRead + Unpin> AsyncRead for Coalesce<C> {
+impl<C: AsyncRead + AsyncWrite + Unpin> AsyncRead for Coalesce<C> {
     fn poll_read(
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
         buf: &mut [u8],
     ) -> Poll<std::io::Result<usize>> {
+        if self.flush_owed {
+            // Pending: the socket is full and wakes this task once it takes more; every poll
+            // of the connection reads again, and tries again.
+            if let Poll::Ready(result) = self.as_mut().poll_flush_now(cx) {
+                result?;
+            }
+        }
         Pin::new(&mut self.inner).poll_read(cx, buf)
     }
 }
@@ -294,11 +325,11 @@ impl<C: AsyncWrite + Unpin> AsyncWrite for Coalesce<C> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
-        std::task::ready!(self.poll_drain(cx))?;
-        if self.limit > COALESCE {
-            self.buf = Vec::new();
+        if self.flush_at_read {
+            self.flush_owed = true;
+            return Poll::Ready(Ok(()));
         }
-        Pin::new(&mut self.inner).poll_flush(cx)
+        self.poll_flush_now(cx)
     }
 
     fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
@@ -442,6 +473,39 @@ mod tests {
         }
     }
 
+    /// A socket with nothing to read yet.
+    impl AsyncRead for Writes {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut [u8],
+        ) -> Poll<std::io::Result<usize>> {
+            Poll::Pending
+        }
+    }
+
+    #[test]
+    fn under_a_connection_frames_flushed_one_by_one_leave_together_at_the_next_read() {
+        use futures::AsyncRead as _;
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        let mut io = Coalesce::for_connection(Writes::default());
+        // yamux: a frame (header, body), flush; the next stream's frame, flush; then it reads.
+        for frame in [[1u8; 16], [2u8; 16]] {
+            let write = Pin::new(&mut io).poll_write(&mut cx, &frame[..12]);
+            assert!(matches!(write, Poll::Ready(Ok(12))));
+            let write = Pin::new(&mut io).poll_write(&mut cx, &frame[12..]);
+            assert!(matches!(write, Poll::Ready(Ok(4))));
+            assert!(matches!(Pin::new(&mut io).poll_flush(&mut cx), Poll::Ready(Ok(()))));
+        }
+        assert!(io.inner.0.is_empty(), "a flush waits for the next read");
+        let mut buf = [0u8; 8];
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        assert_eq!(io.inner.0, vec![[[1u8; 16], [2u8; 16]].concat()], "one write for both");
+        assert!(!io.flush_owed);
+        assert!(Pin::new(&mut io).poll_read(&mut cx, &mut buf).is_pending());
+        assert_eq!(io.inner.0.len(), 1, "nothing owed, nothing written");
+    }
+
     #[tokio::test]
     async fn a_gathering_stream_sends_small_writes_as_one_until_full_or_flushed() {
         use futures::AsyncWriteExt;
@@ -479,7 +543,7 @@ mod tests {
     #[tokio::test]
     async fn small_writes_leave_together_at_the_flush_and_bulk_passes_through() {
         use futures::AsyncWriteExt;
-        let mut io = Coalesce::new(Writes::default());
+        let mut io = Coalesce::with_limit(Writes::default(), COALESCE);
         io.write_all(&[1; 12]).await.unwrap();
         io.write_all(&[2; 30]).await.unwrap();
         assert!(io.inner.0.is_empty(), "nothing written before the flush");
