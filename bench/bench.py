@@ -55,7 +55,7 @@ def env_int(name, default):
 
 CFG = {
     "size_mb": env_int("BENCH_SIZE_MB", 512 if QUICK else 1024),
-    "runs": env_int("BENCH_RUNS", 1 if QUICK else 3),
+    "runs": env_int("BENCH_RUNS", 1 if QUICK else 5),
     "lat_n": env_int("BENCH_LAT_N", 200 if QUICK else 1000),
     "cold_n": env_int("BENCH_COLD_N", 3 if QUICK else 10),
     "streams": env_int("BENCH_STREAMS", 1000 if QUICK else 4000),
@@ -162,6 +162,7 @@ class Firewall:
         if os.geteuid() != 0 or not shutil.which("nft"):
             self.why = "not root or nft missing"
             return
+        self.sweep()
         rules = (f"table inet {self.table} {{\n"
                  "  set tcp_ports { type inet_service; }\n  set udp_ports { type inet_service; }\n"
                  "  chain output { type filter hook output priority 0; policy accept;\n"
@@ -173,6 +174,16 @@ class Firewall:
         out = subprocess.run(["nft", "-f", "-"], input=rules, capture_output=True, text=True)
         self.ok = out.returncode == 0
         self.why = out.stderr.strip()
+
+    @staticmethod
+    def sweep():
+        """Delete the tables of runs whose process is gone (killed before it could): a stale
+        table would refuse connections to ports this run may be given, and every packet on
+        loopback would pass through its chain."""
+        out = subprocess.run(["nft", "list", "tables"], capture_output=True, text=True)
+        for pid in re.findall(r"^table inet peerup_bench_(\d+)$", out.stdout, re.M):
+            if not os.path.exists(f"/proc/{pid}"):
+                subprocess.run(["nft", "delete", "table", "inet", f"peerup_bench_{pid}"], capture_output=True)
 
     def block(self, tcp=(), udp=()):
         if not self.ok:

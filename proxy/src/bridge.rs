@@ -15,9 +15,9 @@ use std::io;
 use std::net::SocketAddr;
 use std::pin::Pin;
 use std::task::{Context, Poll, ready};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
-use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
 use tokio_util::either::Either;
 use tokio_util::sync::CancellationToken;
@@ -27,9 +27,6 @@ use tokio_util::sync::CancellationToken;
 pub const BRIDGE_BUFFER: usize = 128 * 1024;
 /// Bytes buffered per direction at first: an interactive tunnel never needs more.
 const FIRST_BUFFER: usize = 16 * 1024;
-
-/// Time a clean close may take before the leg is dropped anyway.
-const FINISH_TIMEOUT: Duration = Duration::from_secs(2);
 
 /// One side of a bridged connection: a socket, a tunnel stream, stdin/stdout.
 ///
@@ -55,7 +52,7 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
         Poll::Pending
     }
 
-    /// Both directions ended cleanly: release the leg gracefully.
+    /// Both directions ended cleanly (each writer was shut down): release the leg gracefully.
     fn finish(self) -> impl Future<Output = ()> + Send
     where
         Self: Sized,
@@ -85,9 +82,10 @@ impl Leg for TcpStream {
         let _ = self.set_zero_linger();
     }
 
-    async fn finish(mut self) {
+    async fn finish(self) {
+        // Our direction's FIN went out when its copy shut the writer down; closing now sends
+        // nothing more, once the reset-on-crash is disarmed.
         let _ = socket2::SockRef::from(&self).set_linger(None);
-        let _ = tokio::time::timeout(FINISH_TIMEOUT, self.shutdown()).await;
     }
 
     async fn abort(self) {
@@ -429,7 +427,7 @@ pub fn log_tunnel_end(outcome: &Result<Carried, Aborted>, started: Instant, tunn
 #[cfg(test)]
 mod tests {
     use super::*;
-    use tokio::io::AsyncReadExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
     use tokio::net::TcpListener;
 
     /// Two connected loopback sockets.
