@@ -144,6 +144,42 @@ async fn two_hundred_concurrent_tunnels_all_complete() {
     );
 }
 
+/// A tunnel that ended cleanly both ways leaves its stream open for the next tunnel to the same
+/// peer: twenty tunnels one after another all run on one stream (B keeps one, never more), and
+/// every one carries its bytes intact.
+#[tokio::test(flavor = "multi_thread")]
+async fn tunnels_one_after_another_take_turns_on_one_kept_stream() {
+    let echo = services::echo().await;
+    let pair = Pair::start(&format!("  echo: {{ local_address: {echo} }}\n"), |home, b| {
+        home.allow(b, None)
+    });
+    let kept = || {
+        let status = support::status(pair.home_b.path());
+        let peers = status["peers"].as_array().cloned().unwrap_or_default();
+        let a = peers.iter().find(|p| p["peer"] == pair.home_a.peer_id.as_str()).cloned();
+        a.and_then(|a| a["idle_streams"].as_u64()).unwrap_or(0)
+    };
+    for i in 0..20u64 {
+        let socket = socks::connect(pair.b.socks(), "home.alice.p2p", echo.port()).await;
+        let (mut r, mut w) = socket.expect("tunnel opens").into_split();
+        let send = async move {
+            write_noise(&mut w, i, 4096).await?;
+            w.shutdown().await
+        };
+        let mut back = Vec::new();
+        let (sent, got) = tokio::join!(send, r.read_to_end(&mut back));
+        sent.and(got).unwrap_or_else(|e| panic!("tunnel {i}: {e}\n{}", pair.logs()));
+        assert_eq!(Sha256::digest(&back).as_slice(), noise_digest(i, 4096), "tunnel {i}");
+        // The stream goes back once B has finished the tunnel, a moment after the app saw it end.
+        let (count, _) = support::poll_until(Duration::from_secs(10), || {
+            let count = kept();
+            (count > 0).then_some(count)
+        })
+        .unwrap_or_else(|| panic!("tunnel {i}: no stream kept\n{}", pair.logs()));
+        assert_eq!(count, 1, "tunnel {i} ran on the kept stream, not a new one");
+    }
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_sent_before_the_reply_are_delivered() {
     let echo = services::echo().await;

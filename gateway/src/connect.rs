@@ -8,6 +8,7 @@
 //! One deadline (`limits.connect_timeout`) covers resolving the name, reaching the peer and
 //! hearing its answer. An established tunnel is registered in [`Tunnels`] and framed
 //! ([`Framed`]), so its end is the truth on both sides.
+//! A stream kept from an earlier tunnel to the same peer ([`IdleStreams`]) is tried first.
 //!
 //! [`failure_of_open`] and [`failure_of_status`] are the one place where node and protocol
 //! outcomes become the user-visible [`FailureKind`].
@@ -20,6 +21,7 @@ use libp2p::Stream;
 use peerup_proxy::dial::{self, DialError};
 use peerup_proxy::{ConnectError, Connector, FailureKind, Target};
 use peerup_resolver::{Label, Name, ResolveError, Tiers};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::either::Either;
@@ -28,7 +30,7 @@ use tracing::debug;
 use crate::auth::Access;
 use crate::config::RelayAddr;
 use crate::node::swarm::one_per_relay;
-use crate::node::{Connected, Handle, OpenError, Opened};
+use crate::node::{Connected, Handle, IdleStreams, OpenError, Opened};
 use crate::protocol::{Request, Response, Status};
 use crate::tunnels::{self, Direction, Framed, Tunnels};
 
@@ -44,6 +46,8 @@ pub struct Gateway {
     pub tiers: Tiers,
     pub node: Handle,
     pub connected: Connected,
+    /// Streams kept from ended tunnels, for the next tunnel to the same peer.
+    pub idle: Arc<IdleStreams>,
     pub tunnels: Arc<Tunnels>,
     pub access: Arc<Access>,
     pub suffix: Label,
@@ -148,6 +152,14 @@ impl Gateway {
         self.access.choose(peer);
         let mut addrs = resolution.addrs;
         addrs.extend(self.relays_for(name).map(|relay| relay.circuit_to(peer)));
+        // A stream kept from an earlier tunnel first; if the peer closed it meanwhile (the
+        // request or its answer fails), a new one: nothing of the app's was sent yet.
+        if let Some(opened) = self.idle.take(&peer) {
+            match self.request(name, peer, port, opened).await {
+                Ok(result) => return result,
+                Err(error) => debug!(%peer, %error, "a kept stream failed; opening a new one"),
+            }
+        }
         let mut last_error = None;
         let attempt = self.open(peer, addrs, &mut last_error);
         let opened = match tokio::time::timeout(self.open_budget(), attempt).await {
@@ -166,7 +178,22 @@ impl Gateway {
                 return Err(ConnectError::new(FailureKind::Unreachable, message));
             }
         };
-        let Opened { stream, connection, .. } = opened;
+        self.request(name, peer, port, opened).await.unwrap_or_else(|error| {
+            Err(ConnectError::new(FailureKind::Unreachable, format!("{name}: {error}")))
+        })
+    }
+
+    /// Ask for `port` on `opened` and read the answer. `Err` when the stream failed before an
+    /// answer came; otherwise the tunnel, or the failure the answer means. A tunnel that ends
+    /// cleanly both ways leaves its stream for the next one ([`IdleStreams`]).
+    async fn request(
+        &self,
+        name: &Name,
+        peer: libp2p::PeerId,
+        port: u16,
+        opened: Opened,
+    ) -> std::io::Result<Result<Tunnel, ConnectError>> {
+        let Opened { stream, connection, relayed } = opened;
         let guard = self.tunnels.register(tunnels::Info {
             peer,
             connection,
@@ -175,22 +202,24 @@ impl Gateway {
             local: None,
         });
         let mut stream = stream.compat();
-        let exchange = async {
-            use tokio::io::AsyncWriteExt;
-            let sent = stream.write_all(&Request::Port(port).encode()).await;
-            // Even when the write failed, the peer may have answered before closing: read it.
-            let response = Response::read(&mut stream).await.map_err(std::io::Error::other);
-            response.map_err(|e| sent.err().unwrap_or(e))
+        let sent = stream.write_all(&Request::Port(port).encode()).await;
+        // Even when the write failed, the peer may have answered before closing: read it.
+        let response = match Response::read(&mut stream).await {
+            Ok(response) => response,
+            Err(error) => return Err(sent.err().unwrap_or_else(|| std::io::Error::other(error))),
         };
-        let response = exchange.await.map_err(|error| {
-            ConnectError::new(FailureKind::Unreachable, format!("{name}: {error}"))
-        })?;
-        match failure_of_status(response.status) {
-            None => Ok(Framed::new(stream, Some(guard))),
+        Ok(match failure_of_status(response.status) {
+            None => {
+                let idle = self.idle.clone();
+                let recycle = move |stream: Compat<Stream>| {
+                    idle.put(peer, Opened { stream: stream.into_inner(), connection, relayed });
+                };
+                Ok(Framed::new(stream, Some(guard)).reusable(recycle))
+            }
             Some(kind) => {
                 Err(ConnectError::new(kind, format!("{name}:{port}: {}", response.reason)))
             }
-        }
+        })
     }
 
     /// Reaching the peer may take the whole deadline but a moment: when it runs out, the

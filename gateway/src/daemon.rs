@@ -192,7 +192,7 @@ impl Daemon {
             host: host.clone(),
             node: handle.clone(),
         };
-        let mut gateway = gateway(&config, &shared, node.connected());
+        let mut gateway = gateway(&config, &shared, node.connected(), node.idle_streams());
         let pool = DnsService::pool(&config, &home);
         gateway.pool = pool.clone();
         let gateway = Arc::new(gateway);
@@ -279,11 +279,17 @@ impl Daemon {
 }
 
 /// The SOCKS front end's connector: local names, tunnels through the node, direct connections.
-fn gateway(config: &Config, shared: &Shared, connected: crate::node::Connected) -> Gateway {
+fn gateway(
+    config: &Config,
+    shared: &Shared,
+    connected: crate::node::Connected,
+    idle: Arc<crate::node::IdleStreams>,
+) -> Gateway {
     Gateway {
         tiers: shared.tiers.clone(),
         node: shared.node.clone(),
         connected,
+        idle,
         tunnels: shared.tunnels.clone(),
         access: shared.access.clone(),
         suffix: config.dns.suffix.0.clone(),

@@ -7,6 +7,9 @@
 //! Then the service's local address is connected within `limits.service_timeout` — shorter
 //! than the opener's deadline, so a slow service is reported as such and not as a peer that
 //! timed out — and only once it accepted do we answer OK and start bridging frames.
+//!
+//! A stream whose tunnel ended cleanly both ways waits for the opener's next request and serves
+//! it the same way (docs/protocol.md, "Streams carry one tunnel after another").
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -16,8 +19,8 @@ use libp2p::PeerId;
 use peerup_proxy::bridge;
 use peerup_proxy::dial::{self, DialError};
 use tokio::net::TcpStream;
-use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc};
-use tokio_util::compat::FuturesAsyncReadCompatExt;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
+use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, Span, debug, info, info_span};
@@ -26,11 +29,17 @@ use crate::auth::Access;
 use crate::config::{Config, HostPort, ServiceName};
 use crate::node::Inbound;
 use crate::node::tunnel::refuse;
-use crate::protocol::{Request, Response, Status};
+use crate::protocol::{HeaderError, Request, Response, Status};
 use crate::tunnels::{self, Direction, Framed, Tunnels};
 
 /// Time a peer has to send its request after opening a stream.
 const REQUEST_TIMEOUT: Duration = Duration::from_secs(10);
+/// Time a stream whose tunnel ended cleanly waits for the peer's next request. Longer than the
+/// opener keeps it (`node::tunnel::idle::IDLE_FOR`), so the opener closes it first.
+pub const NEXT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+/// Streams one peer may keep waiting for a next request; past this, a stream closes when its
+/// tunnel ends. An idle stream holds no place in the stream limits.
+const IDLE_PER_PEER: usize = 32;
 
 /// A service offered to peers.
 #[derive(Debug)]
@@ -87,26 +96,52 @@ pub struct ServiceHost {
     tunnels: Arc<Tunnels>,
     limits: StreamLimits,
     total: Arc<Semaphore>,
-    per_peer: Mutex<HashMap<PeerId, usize>>,
+    per_peer: Counts,
+    /// Streams waiting for a next request, per peer.
+    idle: Counts,
+}
+
+/// Counts per peer, shared with the places they hold.
+type Counts = Arc<Mutex<HashMap<PeerId, usize>>>;
+
+/// One place in a per-peer count, released on drop.
+struct PeerCount {
+    counts: Counts,
+    peer: PeerId,
+}
+
+impl PeerCount {
+    /// A place for `peer` in `counts` if it holds fewer than `limit`.
+    fn take(counts: &Counts, peer: PeerId, limit: usize) -> Option<Self> {
+        let mut map = counts.lock().unwrap_or_else(|e| e.into_inner());
+        let count = map.entry(peer).or_default();
+        if *count >= limit {
+            if *count == 0 {
+                map.remove(&peer);
+            }
+            return None;
+        }
+        *count += 1;
+        Some(PeerCount { counts: counts.clone(), peer })
+    }
+}
+
+impl Drop for PeerCount {
+    fn drop(&mut self) {
+        let mut map = self.counts.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some(count) = map.get_mut(&self.peer) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.peer);
+            }
+        }
+    }
 }
 
 /// A stream's place within the limits, released on drop.
 struct Slot {
-    host: Arc<ServiceHost>,
-    peer: PeerId,
+    _peer: PeerCount,
     _total: OwnedSemaphorePermit,
-}
-
-impl Drop for Slot {
-    fn drop(&mut self) {
-        let mut per_peer = self.host.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some(count) = per_peer.get_mut(&self.peer) {
-            *count -= 1;
-            if *count == 0 {
-                per_peer.remove(&self.peer);
-            }
-        }
-    }
 }
 
 impl ServiceHost {
@@ -122,7 +157,8 @@ impl ServiceHost {
             tunnels,
             limits,
             total: Arc::new(Semaphore::new(limits.total)),
-            per_peer: Mutex::new(HashMap::new()),
+            per_peer: Counts::default(),
+            idle: Counts::default(),
         })
     }
 
@@ -164,7 +200,7 @@ impl ServiceHost {
             tokio::select! {
                 () = stop.cancelled() => break,
                 next = inbound.recv() => match next {
-                    Some(stream) => self.admit(stream, &tasks, &abort),
+                    Some(stream) => self.admit(stream, &tasks, &stop, &abort),
                     None => return,
                 },
             }
@@ -175,61 +211,118 @@ impl ServiceHost {
         }
     }
 
-    fn admit(self: &Arc<Self>, inbound: Inbound, tasks: &TaskTracker, abort: &CancellationToken) {
+    fn admit(
+        self: &Arc<Self>,
+        inbound: Inbound,
+        tasks: &TaskTracker,
+        stop: &CancellationToken,
+        abort: &CancellationToken,
+    ) {
         let span = info_span!("serve", peer = %inbound.peer, relayed = inbound.relayed, service = tracing::field::Empty);
         let Some(slot) = self.try_slot(inbound.peer) else {
             span.in_scope(|| info!("stream limit reached: answering busy"));
             tasks.spawn(refuse(inbound.stream, Status::Busy, "stream limit reached"));
             return;
         };
-        let (host, abort) = (self.clone(), abort.clone());
+        let (host, stop, abort) = (self.clone(), stop.clone(), abort.clone());
         let serving = async move {
             // Past the grace period, even a stream still being set up ends.
             tokio::select! {
-                () = host.serve(inbound, slot, abort.clone()) => {}
+                () = host.serve(inbound, slot, stop, &abort) => {}
                 () = abort.cancelled() => {}
             }
         };
         tasks.spawn(serving.instrument(span));
     }
 
-    fn try_slot(self: &Arc<Self>, peer: PeerId) -> Option<Slot> {
+    fn try_slot(&self, peer: PeerId) -> Option<Slot> {
         let total = self.total.clone().try_acquire_owned().ok()?;
-        let mut per_peer = self.per_peer.lock().unwrap_or_else(|e| e.into_inner());
-        let count = per_peer.entry(peer).or_default();
-        if *count >= self.limits.per_peer {
-            return None;
-        }
-        *count += 1;
-        Some(Slot { host: self.clone(), peer, _total: total })
+        let peer = PeerCount::take(&self.per_peer, peer, self.limits.per_peer)?;
+        Some(Slot { _peer: peer, _total: total })
     }
 
-    async fn serve(self: Arc<Self>, inbound: Inbound, _slot: Slot, abort: CancellationToken) {
+    /// Serve the tunnels one stream carries: its first request, then, after each tunnel that
+    /// ended cleanly both ways, the opener's next request on the same stream. A stream waiting
+    /// for a next request holds no slot (it takes one when the request comes) and closes when
+    /// the peer has [`IDLE_PER_PEER`] waiting already, after [`NEXT_REQUEST_TIMEOUT`], or when
+    /// `stop` (shutdown) is cancelled.
+    async fn serve(
+        self: Arc<Self>,
+        inbound: Inbound,
+        slot: Slot,
+        stop: CancellationToken,
+        abort: &CancellationToken,
+    ) {
         debug!("inbound tunnel stream");
-        let mut stream = inbound.stream.compat();
-        let request = match tokio::time::timeout(REQUEST_TIMEOUT, Request::read(&mut stream)).await
-        {
-            Ok(Ok(request)) => request,
-            Ok(Err(error)) => {
-                info!(%error, "bad tunnel request");
-                let _ =
-                    Response::new(Status::BadRequest, error.to_string()).refuse(&mut stream).await;
-                return;
+        let Inbound { peer, connection, stream, .. } = inbound;
+        let mut stream = stream.compat();
+        let mut slot = Some(slot);
+        loop {
+            let (request, held) = match slot.take() {
+                Some(first) => {
+                    let read = tokio::time::timeout(REQUEST_TIMEOUT, Request::read(&mut stream));
+                    match read.await {
+                        Ok(Ok(request)) => (request, first),
+                        Ok(Err(error)) => return bad_request(error, &mut stream).await,
+                        Err(_) => return debug!("no tunnel request in time"),
+                    }
+                }
+                None => {
+                    let Some(waiting) = PeerCount::take(&self.idle, peer, IDLE_PER_PEER) else {
+                        return debug!("enough streams wait for this peer: closing this one");
+                    };
+                    let next = tokio::select! {
+                        () = stop.cancelled() => return,
+                        next = tokio::time::timeout(NEXT_REQUEST_TIMEOUT, Request::read(&mut stream)) => next,
+                    };
+                    drop(waiting);
+                    let request = match next {
+                        Ok(Ok(request)) => request,
+                        // The opener closed the stream it kept, or its connection ended.
+                        Ok(Err(HeaderError::Truncated | HeaderError::Io(_))) => return,
+                        Ok(Err(error)) => return bad_request(error, &mut stream).await,
+                        Err(_) => return debug!("no next tunnel request in time"),
+                    };
+                    let Some(next_slot) = self.try_slot(peer) else {
+                        info!("stream limit reached: answering busy");
+                        let response = Response::new(Status::Busy, "stream limit reached");
+                        let _ = response.refuse(&mut stream).await;
+                        return;
+                    };
+                    (request, next_slot)
+                }
+            };
+            let kept = self.tunnel(peer, connection, request, stream, abort).await;
+            drop(held);
+            match kept {
+                Some(kept) => stream = kept,
+                None => return,
             }
-            Err(_) => return debug!("no tunnel request in time"),
-        };
+        }
+    }
+
+    /// One tunnel on `stream`: check the request, connect the service, answer, bridge. The
+    /// stream back when the tunnel ended cleanly both ways (it may carry the next one).
+    async fn tunnel(
+        &self,
+        peer: PeerId,
+        connection: libp2p::swarm::ConnectionId,
+        request: Request,
+        mut stream: Compat<libp2p::Stream>,
+        abort: &CancellationToken,
+    ) -> Option<Compat<libp2p::Stream>> {
         let Some(service) = self.table().find(&request).cloned() else {
             info!(%request, "no such service");
             let _ =
                 Response::new(Status::NoSuchService, "no such service").refuse(&mut stream).await;
-            return;
+            return None;
         };
         Span::current().record("service", service.name.as_str());
         // Registered before the checks: a revocation either happens before them (and they see
         // it) or after (and the registry resets this tunnel).
         let guard = self.tunnels.register(tunnels::Info {
-            peer: inbound.peer,
-            connection: inbound.connection,
+            peer,
+            connection,
             direction: Direction::In,
             service: Some(service.name.clone()),
             local: Some(service.local.clone()),
@@ -240,28 +333,33 @@ impl ServiceHost {
             info!(%request, "service removed by a reload");
             let _ =
                 Response::new(Status::NoSuchService, "no such service").refuse(&mut stream).await;
-            return;
+            return None;
         }
-        if !self.access.may_use(&service.name, &inbound.peer) {
+        if !self.access.may_use(&service.name, &peer) {
             info!("refused: peer is not authorized for this service");
             let _ =
                 Response::new(Status::NotAuthorized, "not authorized").refuse(&mut stream).await;
-            return;
+            return None;
         }
         let local = match self.connect_local(&service.local).await {
             Ok(local) => local,
             Err(response) => {
                 info!(local = %service.local, reason = %response.reason, "service unavailable");
                 let _ = response.refuse(&mut stream).await;
-                return;
+                return None;
             }
         };
         if Response::new(Status::Ok, "").write(&mut stream).await.is_err() {
-            return;
+            return None;
         }
         let started = Instant::now();
-        let outcome = bridge(Framed::new(stream, Some(guard)), local, &abort).await;
+        let (back, kept) = oneshot::channel();
+        let framed = Framed::new(stream, Some(guard)).reusable(move |stream| {
+            let _ = back.send(stream);
+        });
+        let outcome = bridge(framed, local, abort).await;
         peerup_proxy::log_tunnel_end(&outcome, started, peerup_proxy::Side::A);
+        kept.await.ok()
     }
 
     async fn connect_local(&self, local: &HostPort) -> Result<TcpStream, Response> {
@@ -278,4 +376,10 @@ impl ServiceHost {
             }
         }
     }
+}
+
+/// Answer a request that cannot be read, and close the stream.
+async fn bad_request(error: HeaderError, stream: &mut Compat<libp2p::Stream>) {
+    info!(%error, "bad tunnel request");
+    let _ = Response::new(Status::BadRequest, error.to_string()).refuse(stream).await;
 }

@@ -76,10 +76,13 @@ fn gateway_text(status: &NodeStatus) -> String {
     out.push_str(&format!("peers: {}  tunnels: {}\n", status.peers.len(), status.tunnels));
     for peer in &status.peers {
         let role = if peer.relay { " (relay)" } else { "" };
-        let tunnels = match peer.tunnels {
+        let mut tunnels = match peer.tunnels {
             0 => String::new(),
             n => format!("  tunnels: {n}"),
         };
+        if peer.idle_streams > 0 {
+            tunnels.push_str(&format!("  idle streams: {}", peer.idle_streams));
+        }
         out.push_str(&format!("  {}{role}{tunnels}\n", peer.peer));
         for c in &peer.connections {
             out.push_str(&format!(

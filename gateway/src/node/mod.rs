@@ -7,7 +7,8 @@
 //! - [`liveness`]: the dead-path clock.
 //! - [`command`]: the command channel into the swarm's task.
 //! - [`gate`]: who may connect (closed at the handshake otherwise) and whom we dial.
-//! - [`tunnel`]: our stream behaviour for `/peerup/tunnel/2.0.0`.
+//! - [`tunnel`]: our stream behaviour for `/peerup/tunnel/2.0.0`, and the streams kept between
+//!   tunnels ([`tunnel::idle`]).
 //! - [`reservations`]: a reservation on every configured relay.
 //! - [`status`]: what `peerup status` shows.
 //!
@@ -51,7 +52,7 @@ pub use command::{Command, Handle, Opened};
 use reservations::Reservations;
 use status::{ConnInfo, NodeStatus};
 pub use swarm::Keepalive;
-pub use tunnel::{Connected, Inbound, OpenError};
+pub use tunnel::{Connected, IdleStreams, Inbound, OpenError};
 
 /// Inbound streams in protocol negotiation at once, per connection.
 const MAX_NEGOTIATING_INBOUND: usize = 1024;
@@ -145,6 +146,8 @@ pub struct Node {
     /// Relays that closed our connection at the handshake lately, and what that means (one
     /// entry per configured relay at most).
     refused_by: HashMap<PeerId, String>,
+    /// Tunnel streams kept between tunnels; swept here.
+    idle: Arc<IdleStreams>,
 }
 
 /// Observed addresses kept for `status`.
@@ -228,6 +231,7 @@ impl Node {
             })
             .build();
         let (addrs, _) = watch::channel(Vec::new());
+        let idle = Arc::new(IdleStreams::new(swarm.behaviour().tunnel.connected()));
         Ok(Node {
             swarm,
             addrs,
@@ -242,6 +246,7 @@ impl Node {
             registrations: options.registrations,
             health: relay_health,
             refused_by: HashMap::new(),
+            idle,
         })
     }
 
@@ -252,6 +257,11 @@ impl Node {
     /// Peers with a connection, shared (read without asking the node's task).
     pub fn connected(&self) -> Connected {
         self.swarm.behaviour().tunnel.connected()
+    }
+
+    /// Tunnel streams kept between tunnels, shared with the connector.
+    pub fn idle_streams(&self) -> Arc<IdleStreams> {
+        self.idle.clone()
     }
 
     /// Bound listen addresses, updated as interfaces come and go.
@@ -301,8 +311,17 @@ impl Node {
                     None => std::future::pending().await,
                 }
             };
+            let idle = self.idle.clone();
+            let expiry = idle.next_expiry();
+            let idle_sleep = async {
+                match expiry {
+                    Some(at) => tokio::time::sleep_until(at).await,
+                    None => idle.changed().await,
+                }
+            };
             tokio::select! {
                 () = stop.cancelled() => return self.close_all().await,
+                () = idle_sleep => self.idle.sweep(),
                 () = retry_sleep => {}
                 () = closed_sleep => self.reset_closed(),
                 () = silence => {
@@ -401,9 +420,12 @@ impl Node {
             listen: self.swarm.listeners().map(ToString::to_string).collect(),
             observed: self.observed.iter().map(ToString::to_string).collect(),
             reservations: self.reservations.status(),
-            peers: status::peers(self.connections.values(), &relays, |p| {
-                self.tunnels.count_peer(p)
-            }),
+            peers: status::peers(
+                self.connections.values(),
+                &relays,
+                |p| self.tunnels.count_peer(p),
+                |p| self.idle.count(p),
+            ),
             tunnels: self.tunnels.len(),
             names: self.registrations.snapshot(),
         }
@@ -412,6 +434,7 @@ impl Node {
     /// Close every connection and wait until they are closed: a tunnel that finished has its
     /// last bytes and FIN queued in yamux, and only a graceful close flushes them to the wire.
     async fn close_all(&mut self) {
+        self.idle.clear();
         let peers: Vec<PeerId> = self.swarm.connected_peers().copied().collect();
         for peer in peers {
             self.disconnect(peer, Reason::Shutdown);

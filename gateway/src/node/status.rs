@@ -38,6 +38,9 @@ pub struct PeerStatus {
     /// Tunnels open with this peer.
     #[serde(default)]
     pub tunnels: usize,
+    /// Streams to this peer kept open after their tunnels ended, for the next tunnels.
+    #[serde(default)]
+    pub idle_streams: usize,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -78,6 +81,7 @@ pub(crate) fn peers<'a>(
     connections: impl Iterator<Item = &'a ConnInfo>,
     relays: &HashSet<PeerId>,
     tunnels_of: impl Fn(&PeerId) -> usize,
+    idle_of: impl Fn(&PeerId) -> usize,
 ) -> Vec<PeerStatus> {
     let now = SystemTime::now();
     let mut by_peer: HashMap<PeerId, Vec<ConnStatus>> = HashMap::new();
@@ -90,6 +94,7 @@ pub(crate) fn peers<'a>(
             peer: peer.to_base58(),
             relay: relays.contains(&peer),
             tunnels: tunnels_of(&peer),
+            idle_streams: idle_of(&peer),
             connections,
         })
         .collect();

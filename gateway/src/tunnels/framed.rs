@@ -6,6 +6,10 @@
 //! open: a RESET may still have to follow, and the stream closes only when both directions
 //! ended ([`Leg::finish`]). After the peer's END, the stream is still watched
 //! ([`Leg::poll_abnormal`]): a RESET, or an EOF while we are still sending, ends the tunnel.
+//!
+//! A stream whose tunnel ended cleanly both ways may carry the next tunnel
+//! ([`Framed::reusable`]): its finish hands the stream back instead of closing it. Nothing is
+//! read past the peer's END, so the next request starts on a clean boundary.
 
 use std::io;
 use std::pin::Pin;
@@ -46,8 +50,13 @@ pub struct Framed<T> {
     malformed: bool,
     switch: Switch,
     killed: Pin<Box<WaitForCancellationFutureOwned>>,
-    _guard: Option<Guard>,
+    guard: Option<Guard>,
+    /// Where the stream goes after a clean end both ways, instead of being closed.
+    recycle: Option<Recycle<T>>,
 }
+
+/// Takes a stream whose tunnel ended cleanly both ways, for the next tunnel.
+type Recycle<T> = Box<dyn FnOnce(T) + Send>;
 
 impl<T> std::fmt::Debug for Framed<T> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -81,8 +90,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
             malformed: false,
             switch,
             killed,
-            _guard: guard,
+            guard,
+            recycle: None,
         }
+    }
+
+    /// After a clean end both ways, hand the stream to `recycle` instead of closing it.
+    pub fn reusable(mut self, recycle: impl FnOnce(T) + Send + 'static) -> Self {
+        self.recycle = Some(Box::new(recycle));
+        self
     }
 
     /// Read the next frame header; `Ok(None)` when the stream ended before a header began.
@@ -239,8 +255,10 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
                 format!("tunnel ended here: {reason}"),
             ));
         }
-        if !self.read_end {
-            // The read direction is still open: whatever comes is read by the copy.
+        if !self.read_end || self.wrote_end {
+            // The read direction is still open: whatever comes is read by the copy. Or both
+            // directions ended: nothing more belongs to this tunnel (on a reused stream the
+            // peer's next request may already be on its way).
             return Poll::Pending;
         }
         // After the peer's END only a RESET may follow, and the stream must not end before
@@ -264,6 +282,15 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
     }
 
     async fn finish(mut self) {
+        let clean = self.read_end && self.wrote_end && self.out_pos == self.out.len();
+        if clean
+            && self.switch.reason().is_none()
+            && let Some(recycle) = self.recycle.take()
+        {
+            // Leave the registry before the stream can carry another tunnel.
+            drop(self.guard.take());
+            return recycle(self.io);
+        }
         let _ = tokio::time::timeout(CLOSE_TIMEOUT, self.io.shutdown()).await;
     }
 
@@ -378,5 +405,68 @@ mod tests {
         let mut wire = Vec::new();
         raw.read_to_end(&mut wire).await.unwrap();
         assert_eq!(wire, Header::Reset(Reason::Revoked).encode());
+    }
+
+    /// A reusable tunnel and where its stream went back to.
+    fn reusable(
+        io: DuplexStream,
+    ) -> (Framed<DuplexStream>, std::sync::mpsc::Receiver<DuplexStream>) {
+        let (back, kept) = std::sync::mpsc::channel();
+        let framed = framed(io).reusable(move |io| back.send(io).unwrap());
+        (framed, kept)
+    }
+
+    #[tokio::test]
+    async fn a_clean_end_both_ways_hands_the_stream_back_with_what_follows_unread() {
+        let (a, mut raw) = duplex(1 << 16);
+        let (mut a, kept) = reusable(a);
+        // The peer's data and END, then already the next request of the stream's next tunnel.
+        let mut wire = Header::Data(2).encode().to_vec();
+        wire.extend_from_slice(b"hi");
+        wire.extend_from_slice(&Header::End.encode());
+        wire.extend_from_slice(b"next");
+        raw.write_all(&wire).await.unwrap();
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).await.unwrap();
+        assert_eq!(got, b"hi");
+        a.shutdown().await.unwrap();
+        // Both directions ended: the watch reads no further (the next request is not a frame).
+        let mut cx = Context::from_waker(std::task::Waker::noop());
+        assert!(a.poll_abnormal(&mut cx).is_pending());
+        a.finish().await;
+        let mut io = kept.try_recv().expect("the stream was handed back");
+        let mut next = [0u8; 4];
+        io.read_exact(&mut next).await.unwrap();
+        assert_eq!(&next, b"next");
+        let mut end = [0u8; HEADER];
+        raw.read_exact(&mut end).await.unwrap();
+        assert_eq!(end, Header::End.encode(), "our END went out before the hand-back");
+    }
+
+    #[tokio::test]
+    async fn a_stream_is_closed_not_reused_unless_both_ways_ended_cleanly() {
+        // Only the peer ended: our direction never sent END.
+        let (a, mut raw) = duplex(1 << 16);
+        let (mut a, kept) = reusable(a);
+        raw.write_all(&Header::End.encode()).await.unwrap();
+        let mut got = Vec::new();
+        a.read_to_end(&mut got).await.unwrap();
+        a.finish().await;
+        assert!(kept.try_recv().is_err());
+        let mut rest = Vec::new();
+        raw.read_to_end(&mut rest).await.unwrap();
+        assert!(rest.is_empty(), "closed, nothing written: {rest:?}");
+        // Both ended, but the tunnel's switch was flipped (revoked) meanwhile.
+        let (a, mut raw) = duplex(1 << 16);
+        let (mut a, kept) = reusable(a);
+        raw.write_all(&Header::End.encode()).await.unwrap();
+        a.read_to_end(&mut got).await.unwrap();
+        a.shutdown().await.unwrap();
+        a.switch.flip(Reason::Revoked);
+        a.finish().await;
+        assert!(kept.try_recv().is_err());
+        let mut rest = Vec::new();
+        raw.read_to_end(&mut rest).await.unwrap();
+        assert_eq!(rest, Header::End.encode(), "closed after our END");
     }
 }

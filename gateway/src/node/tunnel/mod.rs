@@ -17,7 +17,7 @@
 //! being dialled. Refusals (the inbound queue is full) are answered by tasks this behaviour owns: at
 //! most [`MAX_REFUSALS`] at once, aborted when the behaviour is dropped.
 
-use std::collections::{HashMap, HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, RwLock};
 use std::task::{Context, Poll};
 use std::time::{Duration, Instant};
@@ -42,8 +42,10 @@ use super::reservations::RelayHealth;
 use crate::protocol::{self, Request, Response, Status};
 
 mod handler;
+pub mod idle;
 
 pub use handler::{Handler, HandlerIn, HandlerOut};
+pub use idle::IdleStreams;
 
 pub const PROTOCOL: StreamProtocol = StreamProtocol::new(protocol::PROTOCOL);
 
@@ -80,23 +82,29 @@ pub enum OpenError {
     Shutdown,
 }
 
-/// Peers with at least one connection, shared between the behaviour and the connector (to
-/// tell "no path" from "no answer" when a deadline passes).
+/// Peers with at least one connection, and the connection new streams to each go on; shared
+/// between the behaviour, the connector (to tell "no path" from "no answer" when a deadline
+/// passes) and the idle streams (kept only on that connection).
 #[derive(Debug, Clone, Default)]
-pub struct Connected(Arc<RwLock<HashSet<PeerId>>>);
+pub struct Connected(Arc<RwLock<HashMap<PeerId, Option<ConnectionId>>>>);
 
 impl Connected {
     pub fn contains(&self, peer: &PeerId) -> bool {
-        self.0.read().unwrap_or_else(|e| e.into_inner()).contains(peer)
+        self.0.read().unwrap_or_else(|e| e.into_inner()).contains_key(peer)
     }
 
-    fn set(&self, peer: PeerId, connected: bool) {
+    /// The connection new streams to `peer` go on, if any is usable.
+    pub fn preferred(&self, peer: &PeerId) -> Option<ConnectionId> {
+        self.0.read().unwrap_or_else(|e| e.into_inner()).get(peer).copied().flatten()
+    }
+
+    /// `peer` is connected (`Some`: new streams go on `preferred`) or not (`None`).
+    fn set(&self, peer: PeerId, state: Option<Option<ConnectionId>>) {
         let mut peers = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if connected {
-            peers.insert(peer);
-        } else {
-            peers.remove(&peer);
-        }
+        match state {
+            Some(preferred) => peers.insert(peer, preferred),
+            None => peers.remove(&peer),
+        };
     }
 }
 
@@ -191,11 +199,18 @@ impl Behaviour {
         direct.or(alive.next_back()).map(|c| c.id)
     }
 
+    /// Tell the connector and the idle streams which connection new streams to `peer` go on.
+    fn publish(&self, peer: PeerId) {
+        let state = self.connections.contains_key(&peer).then(|| self.pick(&peer));
+        self.connected.set(peer, state);
+    }
+
     /// Stop opening streams on `connection`: it was found dead and is being closed.
     pub fn retire(&mut self, peer: &PeerId, connection: ConnectionId) {
         if let Some(conn) = self.conn_mut(peer, connection) {
             conn.retired = true;
         }
+        self.publish(*peer);
     }
 
     /// Open a tunnel stream to `peer`, dialling `addrs` if no usable connection exists.
@@ -338,7 +353,7 @@ impl Behaviour {
             retired: false,
         };
         self.connections.entry(e.peer_id).or_default().push(conn);
-        self.connected.set(e.peer_id, true);
+        self.publish(e.peer_id);
         if let Some(waiting) = self.waiting.remove(&e.peer_id) {
             let connection = self.pick(&e.peer_id).unwrap_or(e.connection_id);
             for reply in waiting {
@@ -358,9 +373,9 @@ impl Behaviour {
             }
             if conns.is_empty() {
                 self.connections.remove(&peer);
-                self.connected.set(peer, false);
             }
         }
+        self.publish(peer);
         let error = if gate { OpenError::ClosedAtHandshake } else { OpenError::ConnectionLost };
         let failed: Vec<u64> = self
             .in_flight
