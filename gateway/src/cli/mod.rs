@@ -191,10 +191,10 @@ pub fn main() -> ExitCode {
         Command::Init { join } => admin::init(&home, &join),
         Command::Id { json } => admin::id(&home, json),
         Command::Run => refuse_key_log()
-            .and_then(|()| runtime())
+            .and_then(|()| daemon_runtime(&home))
             .and_then(|rt| rt.block_on(crate::daemon::run(home)).map_err(|e| Failure::start(&e))),
         Command::Relay { action: None } => {
-            refuse_key_log().and_then(|()| runtime()).and_then(|rt| {
+            refuse_key_log().and_then(|()| daemon_runtime(&home)).and_then(|rt| {
                 rt.block_on(crate::relay::daemon::run(home)).map_err(|e| Failure::start(&e))
             })
         }
@@ -247,7 +247,20 @@ fn refuse_key_log() -> Result<(), Failure> {
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Failure> {
-    tokio::runtime::Builder::new_multi_thread()
+    build_runtime(tokio::runtime::Builder::new_multi_thread())
+}
+
+/// A daemon's runtime: `limits.threads` worker threads. A config that cannot be read here is
+/// reported by the daemon itself, which reads it again.
+fn daemon_runtime(home: &Home) -> Result<tokio::runtime::Runtime, Failure> {
+    let limits = crate::config::Config::load(&home.config()).map(|c| c.limits).unwrap_or_default();
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    builder.worker_threads(limits.threads());
+    build_runtime(builder)
+}
+
+fn build_runtime(mut builder: tokio::runtime::Builder) -> Result<tokio::runtime::Runtime, Failure> {
+    builder
         .enable_all()
         .build()
         .map_err(|e| Failure::internal(format!("cannot start the async runtime: {e}")))

@@ -16,8 +16,8 @@ mod unique;
 mod validate;
 
 pub use sections::{
-    Dns, Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, Network, Registry, Relay, RelayLimits,
-    Service, Socks,
+    Dns, Limits, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, MAX_THREADS, Network, Registry, Relay,
+    RelayLimits, Service, Socks,
 };
 use sections::{default_authorized_keys, default_listen};
 pub use types::{
@@ -343,5 +343,14 @@ mod tests {
         assert!("ten".parse::<Dur>().is_err() && "5d".parse::<Dur>().is_err());
         let config = parse("limits: { connect_timeout: 3 }\n").unwrap();
         assert_eq!(config.limits.connect_timeout.0, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn threads_default_to_half_the_cpus_and_are_bounded() {
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        assert_eq!(Config::default().limits.threads(), (cpus / 2).max(1));
+        assert_eq!(parse("limits: { threads: 3 }\n").unwrap().limits.threads(), 3);
+        let error = parse("limits: { threads: 100000 }\n").unwrap_err().to_string();
+        assert!(error.contains("limits.threads"), "{error}");
     }
 }

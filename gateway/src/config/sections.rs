@@ -262,6 +262,21 @@ pub struct Limits {
     /// How long open tunnels may take to finish after SIGINT/SIGTERM.
     #[serde(default = "default_shutdown_grace")]
     pub shutdown_grace: Dur,
+    /// Worker threads of the daemon; 0: half the CPUs, at least one ([`Limits::threads`]).
+    #[serde(default)]
+    pub threads: usize,
+}
+
+impl Limits {
+    /// Worker threads to run with. Half the CPUs by default: every byte a tunnel carries also
+    /// passes through the app and the kernel on this machine, and one connection's streams go
+    /// through one task anyway; fewer threads wake each other less (docs/benchmarks.md).
+    pub fn threads(&self) -> usize {
+        match self.threads {
+            0 => std::thread::available_parallelism().map_or(1, |n| (n.get() / 2).max(1)),
+            n => n,
+        }
+    }
 }
 
 pub(super) fn default_listen() -> Vec<Addr> {
@@ -328,6 +343,8 @@ pub(super) fn default_reservation_duration() -> Dur {
 }
 /// Far more tunnel streams than a machine can carry, far fewer than a semaphore can count.
 pub const MAX_STREAMS_TOTAL: usize = 1 << 20;
+/// More worker threads than any machine this runs on has CPUs.
+pub const MAX_THREADS: usize = 1024;
 
 /// The longest circuit the relay protocol can express.
 pub const MAX_CIRCUIT_DURATION: Duration = Duration::from_secs(u32::MAX as u64);
@@ -401,6 +418,7 @@ impl Default for Limits {
             keepalive_interval: default_keepalive_interval(),
             keepalive_timeout: default_keepalive_timeout(),
             shutdown_grace: default_shutdown_grace(),
+            threads: 0,
         }
     }
 }

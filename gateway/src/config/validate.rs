@@ -3,7 +3,9 @@
 use std::collections::BTreeMap;
 use std::path::Path;
 
-use super::{Config, ConfigError, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, ServiceName};
+use super::{
+    Config, ConfigError, MAX_CIRCUIT_DURATION, MAX_STREAMS_TOTAL, MAX_THREADS, ServiceName,
+};
 
 impl Config {
     /// Every check, in the order a reader of the file meets the keys.
@@ -122,6 +124,13 @@ impl Config {
                 path,
                 "socks.max_clients",
                 format!("must be at least 1 and at most {MAX_STREAMS_TOTAL}"),
+            ));
+        }
+        if limits.threads > MAX_THREADS {
+            return Err(ConfigError::invalid(
+                path,
+                "limits.threads",
+                format!("at most {MAX_THREADS} (0: half the CPUs)"),
             ));
         }
         if limits.streams_total > MAX_STREAMS_TOTAL {
