@@ -52,6 +52,24 @@ pub trait Leg: AsyncRead + AsyncWrite + Unpin + Send {
         Poll::Pending
     }
 
+    /// Bytes this leg puts in front of what it writes (a tunnel's frame header). The bridge
+    /// reads into its buffer that far in, so that [`Leg::poll_write_after`] can frame the
+    /// bytes where they lie instead of copying them behind a header.
+    fn headroom(&self) -> usize {
+        0
+    }
+
+    /// Write `buf[self.headroom()..]`; the bytes in front of it are the leg's to overwrite.
+    /// Returns how many of the bytes after the headroom were taken, as `poll_write` does.
+    fn poll_write_after(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        let room = self.headroom();
+        Pin::new(self).poll_write(cx, &buf[room..])
+    }
+
     /// Both directions ended cleanly (each writer was shut down): release the leg gracefully.
     fn finish(self) -> impl Future<Output = ()> + Send
     where
@@ -123,6 +141,24 @@ impl<L: Leg, R: Leg> Leg for Either<L, R> {
         }
     }
 
+    fn headroom(&self) -> usize {
+        match self {
+            Either::Left(l) => l.headroom(),
+            Either::Right(r) => r.headroom(),
+        }
+    }
+
+    fn poll_write_after(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        match self {
+            Either::Left(l) => l.poll_write_after(cx, buf),
+            Either::Right(r) => r.poll_write_after(cx, buf),
+        }
+    }
+
     async fn finish(self) {
         match self {
             Either::Left(l) => l.finish().await,
@@ -184,6 +220,18 @@ macro_rules! delegate_leg {
                 cx: &mut std::task::Context<'_>,
             ) -> std::task::Poll<std::io::Error> {
                 self.inner.poll_abnormal(cx)
+            }
+
+            fn headroom(&self) -> usize {
+                self.inner.headroom()
+            }
+
+            fn poll_write_after(
+                &mut self,
+                cx: &mut std::task::Context<'_>,
+                buf: &mut [u8],
+            ) -> std::task::Poll<std::io::Result<usize>> {
+                self.inner.poll_write_after(cx, buf)
             }
 
             async fn finish(self) {
@@ -293,23 +341,26 @@ impl Copy {
     ) -> Poll<Result<(), (bool, io::Error)>>
     where
         R: AsyncRead + Unpin + ?Sized,
-        W: AsyncWrite + Unpin + ?Sized,
+        W: Leg + ?Sized,
     {
+        // Reads land this far in, so the writer's header fits in front of what it writes
+        // (and in front of what is left after a partial write: those bytes went out).
+        let room = writer.headroom();
         loop {
             if self.pos == self.cap && !self.read_done {
                 // A read that filled the buffer means bulk data: grow it, once, while empty.
                 if self.cap == self.buf.len() && self.buf.len() < BRIDGE_BUFFER {
                     self.buf = vec![0; BRIDGE_BUFFER].into_boxed_slice();
                 }
-                let mut buf = ReadBuf::new(&mut self.buf);
+                let mut buf = ReadBuf::new(&mut self.buf[room..]);
                 match Pin::new(&mut *reader).poll_read(cx, &mut buf) {
                     Poll::Ready(Ok(())) => {
                         let n = buf.filled().len();
                         if n == 0 {
                             self.read_done = true;
                         } else {
-                            self.pos = 0;
-                            self.cap = n;
+                            self.pos = room;
+                            self.cap = room + n;
                         }
                     }
                     Poll::Ready(Err(e)) => return Poll::Ready(Err((true, e))),
@@ -325,7 +376,7 @@ impl Copy {
             }
             while self.pos < self.cap {
                 let n =
-                    ready!(Pin::new(&mut *writer).poll_write(cx, &self.buf[self.pos..self.cap]))
+                    ready!(writer.poll_write_after(cx, &mut self.buf[self.pos - room..self.cap]))
                         .map_err(|e| (false, e))?;
                 if n == 0 {
                     let e = io::Error::new(io::ErrorKind::WriteZero, "write returned zero");
@@ -441,9 +492,79 @@ mod tests {
     /// Copies `reader` into a sink with one [`Copy`]; the bytes and the buffer size it ended with.
     async fn copy_all(mut reader: impl AsyncRead + Unpin) -> (Vec<u8>, usize) {
         let mut copy = Copy::new();
-        let mut out = Vec::new();
+        let mut out = Plain(tokio::io::join(tokio::io::empty(), Vec::new()));
         std::future::poll_fn(|cx| copy.poll(cx, &mut reader, &mut out)).await.unwrap();
-        (out, copy.buf.len())
+        (out.0.into_inner().1, copy.buf.len())
+    }
+
+    /// A writer that frames in place: 4 bytes of headroom it scribbles over, at most 1,000
+    /// bytes taken per write, each write refused once (Pending) before it is taken.
+    #[derive(Default)]
+    struct Framing {
+        taken: Vec<u8>,
+        writes: usize,
+        refused: bool,
+    }
+
+    impl AsyncRead for Framing {
+        fn poll_read(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &mut ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl AsyncWrite for Framing {
+        fn poll_write(
+            self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            _: &[u8],
+        ) -> Poll<io::Result<usize>> {
+            unreachable!("a leg with headroom is written through poll_write_after")
+        }
+        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
+            Poll::Ready(Ok(()))
+        }
+    }
+
+    impl Leg for Framing {
+        fn headroom(&self) -> usize {
+            4
+        }
+
+        fn poll_write_after(
+            &mut self,
+            cx: &mut Context<'_>,
+            buf: &mut [u8],
+        ) -> Poll<io::Result<usize>> {
+            self.refused = !self.refused;
+            if self.refused {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
+            self.writes += 1;
+            buf[..4].copy_from_slice(b"HEAD");
+            let n = (buf.len() - 4).min(1000);
+            self.taken.extend_from_slice(&buf[4..4 + n]);
+            Poll::Ready(Ok(n))
+        }
+    }
+
+    #[tokio::test]
+    async fn a_writer_with_headroom_gets_it_in_front_of_every_write() {
+        let bulk: Vec<u8> = (0..3 * BRIDGE_BUFFER + 17).map(|i| (i % 251) as u8).collect();
+        let mut reader = &bulk[..];
+        let mut copy = Copy::new();
+        let mut out = Framing::default();
+        std::future::poll_fn(|cx| copy.poll(cx, &mut reader, &mut out)).await.unwrap();
+        assert!(out.taken == bulk, "every byte, in order, none overwritten by a header");
+        assert_eq!(copy.amount, bulk.len() as u64);
+        assert!(out.writes > bulk.len() / 1000, "partial writes resumed: {}", out.writes);
     }
 
     #[tokio::test]

@@ -91,7 +91,9 @@ pub struct Yamux {
 /// Bytes per yamux data frame. Larger frames cut per-frame costs (1 GiB through two gateways
 /// on loopback: 16 KiB frames ~265 MB/s, 64 KiB ~350, 128 KiB ~385, debug build); a frame as
 /// large as the initial 256 KiB stream window would stall a stream until the window is updated.
+/// A tunnel's bridge reads one buffer less its frame header, so each full read is one frame.
 pub const FRAME_SIZE: usize = 128 * 1024;
+const _: () = assert!(FRAME_SIZE == peerup_proxy::BRIDGE_BUFFER);
 
 /// Window a connection may hand out beyond each stream's first 256 KiB, shared by its busy
 /// streams. yamux grows a stream's window (doubling, up to this budget) when the reader

@@ -247,6 +247,42 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Leg for Framed<T> {
         true
     }
 
+    fn headroom(&self) -> usize {
+        HEADER
+    }
+
+    /// A DATA frame built where the bridge read the bytes: its header goes in the room in
+    /// front, and header and payload go to the stream in one write (one muxer frame) without
+    /// our copying them. What the stream does not take is queued as `poll_write` queues.
+    fn poll_write_after(
+        &mut self,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<io::Result<usize>> {
+        ready!(self.poll_drain(cx))?;
+        if self.wrote_end {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let n = buf.len().saturating_sub(HEADER).min(WRITE_DATA);
+        if n == 0 {
+            return Poll::Ready(Ok(0));
+        }
+        let frame = &mut buf[..HEADER + n];
+        frame[..HEADER].copy_from_slice(&Header::Data(n).encode());
+        let written = ready!(Pin::new(&mut self.io).poll_write(cx, frame))?;
+        if written == 0 {
+            return Poll::Ready(Err(io::ErrorKind::WriteZero.into()));
+        }
+        if written < frame.len() {
+            // The frame is begun: the rest is ours now, written before anything else.
+            self.out.extend_from_slice(&frame[written..]);
+            if let Poll::Ready(Err(e)) = self.poll_drain(cx) {
+                return Poll::Ready(Err(e));
+            }
+        }
+        Poll::Ready(Ok(n))
+    }
+
     fn poll_abnormal(&mut self, cx: &mut Context<'_>) -> Poll<io::Error> {
         if self.killed.as_mut().poll(cx).is_ready() {
             let reason = self.switch.reason().unwrap_or(Reason::Shutdown);
@@ -405,6 +441,48 @@ mod tests {
         let mut wire = Vec::new();
         raw.read_to_end(&mut wire).await.unwrap();
         assert_eq!(wire, Header::Reset(Reason::Revoked).encode());
+    }
+
+    #[tokio::test]
+    async fn bridged_bytes_are_framed_where_they_lie_one_buffer_per_frame() {
+        let bulk: Vec<u8> =
+            (0..3 * peerup_proxy::BRIDGE_BUFFER + 17).map(|i| (i % 251) as u8).collect();
+        let source = peerup_proxy::Plain(tokio::io::join(
+            std::io::Cursor::new(bulk.clone()),
+            tokio::io::sink(),
+        ));
+        // A small pipe: the stream takes part of a frame at a time.
+        let (b, mut raw) = duplex(1000);
+        raw.write_all(&Header::End.encode()).await.unwrap();
+        let stop = tokio_util::sync::CancellationToken::new();
+        let bridging =
+            tokio::spawn(async move { peerup_proxy::bridge(source, framed(b), &stop).await });
+        let mut wire = Vec::new();
+        raw.read_to_end(&mut wire).await.unwrap();
+        let carried = bridging.await.unwrap().unwrap();
+        assert_eq!(carried.a_to_b, bulk.len() as u64);
+
+        let (mut payload, mut largest, mut at) = (Vec::new(), 0, 0);
+        loop {
+            let header = Header::decode(wire[at..at + HEADER].try_into().unwrap()).unwrap();
+            at += HEADER;
+            match header {
+                Header::Data(n) => {
+                    payload.extend_from_slice(&wire[at..at + n]);
+                    largest = largest.max(HEADER + n);
+                    at += n;
+                }
+                Header::End => break,
+                other => panic!("unexpected {other:?}"),
+            }
+        }
+        assert_eq!(at, wire.len(), "nothing after END");
+        assert!(payload == bulk, "every byte, in order, no header written over one");
+        assert_eq!(
+            largest,
+            peerup_proxy::BRIDGE_BUFFER,
+            "a full buffer is one frame, header included"
+        );
     }
 
     /// A reusable tunnel and where its stream went back to.
