@@ -180,6 +180,71 @@ async fn tunnels_one_after_another_take_turns_on_one_kept_stream() {
     }
 }
 
+/// The opener's side of a tunnel can end — everything sent, the service's reply ended — while
+/// the serving gateway still writes the last bytes into a service that reads slowly. The
+/// stream is then not free yet: the next tunnel goes on another one instead of waiting behind
+/// that tail (or reading a late RESET of it as its answer).
+#[tokio::test(flavor = "multi_thread")]
+async fn the_next_tunnel_does_not_wait_behind_the_last_ones_tail() {
+    let echo = services::echo().await;
+    let (held, release, mut ends) = services::held().await;
+    let services =
+        format!("  echo: {{ local_address: {echo} }}\n  held: {{ local_address: {held} }}\n");
+    let pair = Pair::start(&services, |home, b| home.allow(b, None));
+    let tunnels = |home: &support::Home, peer: &str| {
+        let status = support::status(home.path());
+        let peers = status["peers"].as_array().cloned().unwrap_or_default();
+        let p = peers.iter().find(|p| p["peer"] == peer).cloned();
+        p.and_then(|p| p["tunnels"].as_u64()).unwrap_or(0)
+    };
+    let (opener, server) =
+        ((&pair.home_b, &pair.home_a.peer_id), (&pair.home_a, &pair.home_b.peer_id));
+    // How much the path holds while the service reads nothing depends on the kernel's socket
+    // buffers: uploads grow until one ends at B (the opener: everything sent, the reply ended)
+    // and stays open at A (the serving side, its service not reading). Smaller ones end at A
+    // too (they fit in its socket buffers); each is released and checked whole.
+    let mut upload_len = 1 << 20;
+    let upload = loop {
+        assert!(upload_len <= 64 << 20, "no upload ended at B only\n{}", pair.logs());
+        let mut socket = socks::connect(pair.b.socks(), "home.alice.p2p", held.port())
+            .await
+            .expect("tunnel opens");
+        let upload = tokio::spawn(async move {
+            write_noise(&mut socket, 1, upload_len).await?;
+            socket.shutdown().await?;
+            socket.read_to_end(&mut Vec::new()).await
+        });
+        let (state, _) = support::poll_until(Duration::from_secs(30), || {
+            let (b, a) = (tunnels(opener.0, opener.1), tunnels(server.0, server.1));
+            (b == 0).then_some(a)
+        })
+        .unwrap_or_else(|| panic!("{upload_len} bytes did not end at B\n{}", pair.logs()));
+        if state == 1 {
+            break upload;
+        }
+        release.send_modify(|n| *n += 1);
+        assert_eq!(ends.recv().await, Some(services::End::Clean(upload_len as u64)));
+        upload.await.unwrap().expect("the upload ended cleanly");
+        upload_len += 192 << 10;
+    };
+    eprintln!("an upload of {upload_len} bytes ended at B while A still held its tail");
+    let second = socks::connect(pair.b.socks(), "home.alice.p2p", echo.port()).await;
+    let (mut r, mut w) =
+        second.expect("the next tunnel opens while the last one's tail waits").into_split();
+    let send = async move {
+        write_noise(&mut w, 2, 4096).await?;
+        w.shutdown().await
+    };
+    let mut back = Vec::new();
+    let (sent, got) = tokio::join!(send, r.read_to_end(&mut back));
+    sent.and(got).unwrap_or_else(|e| panic!("the next tunnel: {e}\n{}", pair.logs()));
+    assert_eq!(Sha256::digest(&back).as_slice(), noise_digest(2, 4096));
+    release.send_modify(|n| *n += 1);
+    let end = ends.recv().await;
+    assert_eq!(end, Some(services::End::Clean(upload_len as u64)), "the held upload arrived whole");
+    upload.await.unwrap().expect("the upload ended cleanly");
+}
+
 #[tokio::test(flavor = "multi_thread")]
 async fn bytes_sent_before_the_reply_are_delivered() {
     let echo = services::echo().await;

@@ -18,6 +18,7 @@ use std::time::{Duration, Instant};
 use libp2p::PeerId;
 use peerup_proxy::bridge;
 use peerup_proxy::dial::{self, DialError};
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore, mpsc, oneshot};
 use tokio_util::compat::{Compat, FuturesAsyncReadCompatExt};
@@ -29,6 +30,7 @@ use crate::auth::Access;
 use crate::config::{Config, HostPort, ServiceName};
 use crate::node::Inbound;
 use crate::node::tunnel::refuse;
+use crate::protocol::frame::Header;
 use crate::protocol::{HeaderError, Request, Response, Status};
 use crate::tunnels::{self, Direction, Framed, Tunnels};
 
@@ -40,6 +42,10 @@ pub const NEXT_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Streams one peer may keep waiting for a next request; past this, a stream closes when its
 /// tunnel ends. An idle stream holds no place in the stream limits.
 const IDLE_PER_PEER: usize = 32;
+/// Streams waiting for a next request, all peers together.
+const IDLE_TOTAL: usize = 1024;
+/// Time to hand the opener our NEXT frame before closing the stream instead.
+const NEXT_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// A service offered to peers.
 #[derive(Debug)]
@@ -97,8 +103,9 @@ pub struct ServiceHost {
     limits: StreamLimits,
     total: Arc<Semaphore>,
     per_peer: Counts,
-    /// Streams waiting for a next request, per peer.
+    /// Streams waiting for a next request, per peer and in total.
     idle: Counts,
+    idle_total: Arc<Semaphore>,
 }
 
 /// Counts per peer, shared with the places they hold.
@@ -159,6 +166,7 @@ impl ServiceHost {
             total: Arc::new(Semaphore::new(limits.total)),
             per_peer: Counts::default(),
             idle: Counts::default(),
+            idle_total: Arc::new(Semaphore::new(IDLE_TOTAL)),
         })
     }
 
@@ -242,10 +250,12 @@ impl ServiceHost {
     }
 
     /// Serve the tunnels one stream carries: its first request, then, after each tunnel that
-    /// ended cleanly both ways, the opener's next request on the same stream. A stream waiting
-    /// for a next request holds no slot (it takes one when the request comes) and closes when
-    /// the peer has [`IDLE_PER_PEER`] waiting already, after [`NEXT_REQUEST_TIMEOUT`], or when
-    /// `stop` (shutdown) is cancelled.
+    /// ended cleanly both ways — our side included: the service's socket was shut down after
+    /// every byte was written, which our NEXT frame tells the opener — the opener's next request
+    /// on the same stream. A stream waiting for a next request holds no slot (it takes one when
+    /// the request comes) and closes instead when the peer has [`IDLE_PER_PEER`] waiting already
+    /// or [`IDLE_TOTAL`] wait in all, after [`NEXT_REQUEST_TIMEOUT`], or when `stop` (shutdown)
+    /// is cancelled.
     async fn serve(
         self: Arc<Self>,
         inbound: Inbound,
@@ -268,9 +278,18 @@ impl ServiceHost {
                     }
                 }
                 None => {
-                    let Some(waiting) = PeerCount::take(&self.idle, peer, IDLE_PER_PEER) else {
-                        return debug!("enough streams wait for this peer: closing this one");
+                    let waiting = PeerCount::take(&self.idle, peer, IDLE_PER_PEER)
+                        .zip(self.idle_total.clone().try_acquire_owned().ok());
+                    let Some(waiting) = waiting else {
+                        return debug!("enough streams wait for a next request: closing this one");
                     };
+                    let ready = async {
+                        stream.write_all(&Header::Next.encode()).await?;
+                        stream.flush().await
+                    };
+                    if !matches!(tokio::time::timeout(NEXT_TIMEOUT, ready).await, Ok(Ok(()))) {
+                        return debug!("the stream did not take our NEXT: closing it");
+                    }
                     let next = tokio::select! {
                         () = stop.cancelled() => return,
                         next = tokio::time::timeout(NEXT_REQUEST_TIMEOUT, Request::read(&mut stream)) => next,
@@ -280,6 +299,11 @@ impl ServiceHost {
                         Ok(Ok(request)) => request,
                         // The opener closed the stream it kept, or its connection ended.
                         Ok(Err(HeaderError::Truncated | HeaderError::Io(_))) => return,
+                        // A RESET (`02 00 00 reason`): the opener's side of the tunnel that just
+                        // ended failed after ours had ended; nothing is left to reset.
+                        Ok(Err(HeaderError::Kind(0x00))) => {
+                            return debug!("the opener reset the tunnel after its end: closing");
+                        }
                         Ok(Err(error)) => return bad_request(error, &mut stream).await,
                         Err(_) => return debug!("no next tunnel request in time"),
                     };

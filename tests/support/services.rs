@@ -150,22 +150,26 @@ pub enum End {
 /// Each connection's end, as the service saw it, in order.
 pub type Ends = tokio::sync::mpsc::UnboundedReceiver<End>;
 
+/// Read `socket` to its end: how it ended, after how many bytes.
+async fn read_all(socket: &mut TcpStream) -> End {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut total = 0u64;
+    loop {
+        match socket.read(&mut buf).await {
+            Ok(0) => return End::Clean(total),
+            Ok(n) => total += n as u64,
+            Err(_) => return End::Reset(total),
+        }
+    }
+}
+
 /// Reads everything it is sent and reports how each connection ended.
 pub async fn sink() -> (SocketAddr, Ends) {
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     let addr = serve(move |mut socket| {
         let tx = tx.clone();
         async move {
-            let mut buf = vec![0u8; 64 * 1024];
-            let mut total = 0u64;
-            let end = loop {
-                match socket.read(&mut buf).await {
-                    Ok(0) => break End::Clean(total),
-                    Ok(n) => total += n as u64,
-                    Err(_) => break End::Reset(total),
-                }
-            };
-            let _ = tx.send(end);
+            let _ = tx.send(read_all(&mut socket).await);
         }
     })
     .await;
@@ -288,4 +292,34 @@ pub async fn http_mirror() -> SocketAddr {
         let _ = w.shutdown().await;
     })
     .await
+}
+
+/// A service slow to take an upload: ends its sending side at once (the tunnel's reply
+/// direction ends) and reads nothing until released — its connections in the order accepted,
+/// the first `n` once `n` is sent on the returned channel — then reads to the end; reports how
+/// each connection ended. Its receive buffer is small, so what it has not read waits in the
+/// gateway that serves it.
+pub async fn held() -> (SocketAddr, tokio::sync::watch::Sender<usize>, Ends) {
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let (release, released) = tokio::sync::watch::channel(0usize);
+    let socket = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    socket.set_recv_buffer_size(4096).unwrap();
+    socket.bind(&SocketAddr::from(([127, 0, 0, 1], 0)).into()).unwrap();
+    socket.listen(16).unwrap();
+    socket.set_nonblocking(true).unwrap();
+    let listener = TcpListener::from_std(socket.into()).unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut accepted = 0;
+        while let Ok((mut socket, _)) = listener.accept().await {
+            let (tx, mut released, index) = (tx.clone(), released.clone(), accepted);
+            accepted += 1;
+            tokio::spawn(async move {
+                let _ = socket.shutdown().await;
+                let _ = released.wait_for(|n| *n > index).await;
+                let _ = tx.send(read_all(&mut socket).await);
+            });
+        }
+    });
+    (addr, release, rx)
 }

@@ -38,7 +38,8 @@ pub struct PeerStatus {
     /// Tunnels open with this peer.
     #[serde(default)]
     pub tunnels: usize,
-    /// Streams to this peer kept open after their tunnels ended, for the next tunnels.
+    /// Streams to this peer kept open after their tunnels ended and ready for the next tunnels
+    /// (the peer's NEXT came).
     #[serde(default)]
     pub idle_streams: usize,
 }

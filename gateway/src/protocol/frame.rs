@@ -7,6 +7,8 @@
 //! | `0x00` | DATA | payload length, 1 to [`MAX_DATA`] | that many bytes |
 //! | `0x01` | END | 0 | nothing: this direction ended cleanly (a FIN) |
 //! | `0x02` | RESET | a [`Reason`] code | nothing: the tunnel ended abnormally |
+//! | `0x03` | NEXT | 0 | nothing: (serving side, after a tunnel ended cleanly both ways) the
+//! stream is free for the opener's next request |
 //!
 //! A direction's clean end is an END frame; the stream itself is closed only once both
 //! directions ended. EOF on the stream before an END frame, or while our own direction is still
@@ -24,6 +26,7 @@ pub const WRITE_DATA: usize = 256 * 1024;
 const DATA: u8 = 0x00;
 const END: u8 = 0x01;
 const RESET: u8 = 0x02;
+const NEXT: u8 = 0x03;
 
 /// Why a tunnel was reset, carried in a RESET frame for the far side's log.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -86,6 +89,8 @@ pub enum Header {
     Data(usize),
     End,
     Reset(Reason),
+    /// The serving side finished the tunnel: the stream may carry the opener's next request.
+    Next,
 }
 
 /// A header that breaks the protocol.
@@ -95,8 +100,8 @@ pub enum FrameError {
     Type(u8),
     #[error("DATA frame of {0} bytes (1 to {MAX_DATA} allowed)")]
     Length(usize),
-    #[error("END frame with a non-zero argument")]
-    EndArgument,
+    #[error("{0} frame with a non-zero argument")]
+    Argument(&'static str),
 }
 
 impl Header {
@@ -104,6 +109,7 @@ impl Header {
         let (kind, arg) = match self {
             Header::Data(len) => (DATA, len as u32),
             Header::End => (END, 0),
+            Header::Next => (NEXT, 0),
             Header::Reset(reason) => (RESET, reason.code()),
         };
         let [_, a, b, c] = arg.to_be_bytes();
@@ -122,7 +128,9 @@ impl Header {
                 Ok(Header::Data(len))
             }
             END if arg == 0 => Ok(Header::End),
-            END => Err(FrameError::EndArgument),
+            END => Err(FrameError::Argument("END")),
+            NEXT if arg == 0 => Ok(Header::Next),
+            NEXT => Err(FrameError::Argument("NEXT")),
             RESET => Ok(Header::Reset(Reason::from_code(arg))),
             other => Err(FrameError::Type(other)),
         }
@@ -141,6 +149,7 @@ mod tests {
         assert_eq!(Header::End.encode(), [0x01, 0x00, 0x00, 0x00]);
         assert_eq!(Header::Reset(Reason::Revoked).encode(), [0x02, 0x00, 0x00, 0x02]);
         assert_eq!(Header::Reset(Reason::PathLost).encode(), [0x02, 0x00, 0x00, 0x03]);
+        assert_eq!(Header::Next.encode(), [0x03, 0x00, 0x00, 0x00]);
     }
 
     #[test]
@@ -151,13 +160,15 @@ mod tests {
             Header::End,
             Header::Reset(Reason::SocketFailed),
             Header::Reset(Reason::Other(0xabcdef)),
+            Header::Next,
         ] {
             assert_eq!(Header::decode(header.encode()), Ok(header));
         }
         assert_eq!(Header::decode([0x00, 0, 0, 0]), Err(FrameError::Length(0)));
         assert_eq!(Header::decode([0x00, 0x10, 0, 1]), Err(FrameError::Length(MAX_DATA + 1)));
-        assert_eq!(Header::decode([0x01, 0, 0, 1]), Err(FrameError::EndArgument));
-        for kind in 3..=255u8 {
+        assert_eq!(Header::decode([0x01, 0, 0, 1]), Err(FrameError::Argument("END")));
+        assert_eq!(Header::decode([0x03, 0, 0, 1]), Err(FrameError::Argument("NEXT")));
+        for kind in 4..=255u8 {
             assert_eq!(Header::decode([kind, 0, 0, 0]), Err(FrameError::Type(kind)));
         }
     }

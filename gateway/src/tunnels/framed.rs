@@ -183,6 +183,11 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Framed<T> {
                 Some(Header::Reset(reason)) => {
                     return Poll::Ready(Err(cut(format!("the peer reset the tunnel: {reason}"))));
                 }
+                Some(Header::Next) => {
+                    let e =
+                        io::Error::new(io::ErrorKind::InvalidData, "NEXT frame inside a tunnel");
+                    return Poll::Ready(Err(e));
+                }
             }
         }
     }
