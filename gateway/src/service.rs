@@ -226,7 +226,7 @@ impl ServiceHost {
         stop: &CancellationToken,
         abort: &CancellationToken,
     ) {
-        let span = info_span!("serve", peer = %inbound.peer, relayed = inbound.relayed, service = tracing::field::Empty);
+        let span = info_span!("serve", peer = %inbound.peer, relayed = inbound.relayed);
         let Some(slot) = self.try_slot(inbound.peer) else {
             span.in_scope(|| info!("stream limit reached: answering busy"));
             tasks.spawn(refuse(inbound.stream, Status::Busy, "stream limit reached"));
@@ -316,7 +316,9 @@ impl ServiceHost {
                     (request, next_slot)
                 }
             };
-            let kept = self.tunnel(peer, connection, request, stream, abort).await;
+            // A span per tunnel: the service one names is not carried to the next.
+            let span = info_span!("tunnel", service = tracing::field::Empty);
+            let kept = self.tunnel(peer, connection, request, stream, abort).instrument(span).await;
             drop(held);
             match kept {
                 Some(kept) => stream = kept,
