@@ -66,7 +66,10 @@ CFG = {
 
 
 def log(msg):
-    print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    try:
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+    except OSError:
+        pass  # a full disk under the log must not end an hour's soak: the results keep the rows
 
 
 # --- processes we started (and only those) ----------------------------------------------------
